@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny random model, deterministic pictures, and their encodings."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import anatomy  # noqa: E402
+from anatomy.inputs import demo_image, encode  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return anatomy.load("tiny")
+
+
+@pytest.fixture(scope="session")
+def picture():
+    return demo_image(448, 336)
+
+
+@pytest.fixture(scope="session")
+def batch(tiny, picture):
+    return encode(tiny, picture)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny, batch):
+    """transformers' own outputs for ``batch``, with every hidden state."""
+    with torch.no_grad():
+        return tiny.model(**batch, output_hidden_states=True)

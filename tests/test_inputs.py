@@ -1,0 +1,47 @@
+"""Bad images get one clear error naming the value."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anatomy.inputs import chat, load_image
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png.*cannot be read as an image"):
+        load_image(path)
+
+
+def test_empty_image():
+    with pytest.raises(ValueError, match=r"empty \(0x10 pixels\)"):
+        load_image(Image.new("RGB", (0, 10)))
+
+
+def test_aspect_ratio_over_200_is_refused_like_the_processor():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(5, 1005)  # the official code refuses it too
+    with pytest.raises(ValueError, match="1005x5 pixels has aspect ratio 201.0"):
+        load_image(Image.new("RGB", (1005, 5)))
+    assert load_image(Image.new("RGB", (1000, 5))).size == (1000, 5)  # 200 exactly is allowed
+
+
+def test_wrong_types_and_shapes():
+    with pytest.raises(TypeError, match="image is a int"):
+        load_image(3)
+    with pytest.raises(ValueError, match=r"shape \(4, 4\)"):
+        load_image(np.zeros((4, 4)))
+
+
+def test_chat_is_the_seeds_request_shape():
+    messages = chat(Image.new("RGB", (56, 56)))
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert [item["type"] for item in messages[1]["content"]] == ["image", "text"]
