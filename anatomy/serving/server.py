@@ -1,0 +1,213 @@
+"""A local OpenAI-compatible server for a model of this package, that always stops.
+
+``transformers serve`` (transformers' own server, FastAPI + uvicorn) answers
+``/v1/chat/completions`` like vLLM does, and runs on a CPU. It loads a model
+*directory*, so ``LocalServer`` first saves the model and its processor
+(``config.json``, ``model.safetensors``, tokenizer, image processor, chat
+template), then runs it in a child process on 127.0.0.1:
+
+>>> with LocalServer("tiny") as server:          # ~3 s to save, ~6 s to start on 2 CPU cores
+...     answer = chat(server.base_url, seed_messages, server.model)
+
+The child runs in its own process group; ``stop`` (called on every exit of the
+``with``, exceptions included, and at interpreter exit) kills the whole group,
+and on Linux the child is also told to die if this process dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from anatomy.sources import Specimen, load
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PR_SET_PDEATHSIG = 1  # prctl option: signal to receive when the parent dies (Linux)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def save_for_serving(source: str | Specimen, directory: str | os.PathLike) -> Path:
+    """Save a model and its processor to ``directory``, the layout ``transformers serve`` loads.
+
+    ``source`` is anything ``anatomy.load`` takes (``"tiny"``, ``"toy"``, a checkpoint
+    directory) or an already loaded ``Specimen``.
+    """
+    specimen = source if isinstance(source, Specimen) else load(source)
+    if not specimen.has_weights:
+        raise ValueError(f"source {specimen.source!r} is a {specimen.kind} without weights; nothing to serve")
+    directory = Path(directory)
+    specimen.model.save_pretrained(directory)
+    specimen.processor.save_pretrained(directory)
+    return directory
+
+
+def served_name(source: str | Specimen) -> str:
+    """The model name clients send: ``anatomy-<source>``, e.g. ``"anatomy-tiny"``."""
+    name = source.source if isinstance(source, Specimen) else str(source)
+    return "anatomy-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name)
+
+
+def serve_command(model_dir: str, host: str, port: int) -> list[str]:
+    """``transformers serve`` pinned to one model directory, on the CPU, at ``host:port``."""
+    return [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir,
+            "--device", "cpu", "--host", host, "--port", str(port)]  # fmt: skip
+
+
+def _die_with_parent():
+    """Run in the child before exec: Linux sends it SIGTERM when this process dies, even by SIGKILL."""
+    if sys.platform != "linux":
+        return None
+    return functools.partial(ctypes.CDLL(None, use_errno=True).prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalServer:
+    """``transformers serve`` for one model, in a child process on a loopback address.
+
+    Attributes (once started): ``base_url`` (``http://127.0.0.1:PORT``), ``model``
+    (the name to send, e.g. ``"anatomy-tiny"``), ``pid`` (also its process group id),
+    ``running``, ``save_seconds`` and
+    ``startup_seconds`` (launch until ``/health`` answers 200).
+    """
+
+    def __init__(self, source: str | Specimen = "tiny", *, host: str = "127.0.0.1", port: int | None = None,
+                 directory: str | os.PathLike | None = None, startup_timeout: float = 180.0):  # fmt: skip
+        if host not in LOOPBACK:
+            raise ValueError(
+                f"host={host!r}: LocalServer binds a loopback address only, one of {LOOPBACK}. "
+                f"0.0.0.0 would let any machine on the network send requests (and images) to it."
+            )
+        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError(f"port must be an int in 1..65535 or None (a free one), got {port!r}")
+        self.source, self.host, self.port = source, host, port
+        self.directory, self.startup_timeout = directory, startup_timeout
+        self.model = served_name(source)
+        self.process: subprocess.Popen | None = None
+        self.pid: int | None = None  # of the last launched server, kept after stop() to check it is gone
+        self._scratch: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> LocalServer:
+        """Save the model, launch the server, wait until it answers; stop it again if anything fails."""
+        if self.process is not None:
+            raise RuntimeError(f"this server already runs (pid {self.pid}); stop() it first")
+        atexit.register(self.stop)
+        try:
+            root = self._root()
+            start = time.perf_counter()
+            save_for_serving(self.source, root / self.model)
+            self.save_seconds = time.perf_counter() - start
+            self._launch(root)
+            self._wait_until_ready()
+        except BaseException:  # KeyboardInterrupt too: never leave a half-started server behind
+            self.stop()
+            raise
+        return self
+
+    def _root(self) -> Path:
+        if self.directory is not None:
+            return Path(self.directory)
+        self._scratch = tempfile.mkdtemp(prefix="anatomy-serve-")
+        return Path(self._scratch)
+
+    def _launch(self, root: Path) -> None:
+        self.port = self.port or free_port(self.host)
+        self.log_path = root / "server.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a local directory: no hub
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the handle
+            self.process = subprocess.Popen(
+                serve_command(self.model, self.host, self.port),  # relative: the name clients send
+                cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent(),  # own process group
+            )  # fmt: skip
+        self.pid = self.process.pid
+        self.launched_at = time.perf_counter()
+
+    def _wait_until_ready(self) -> None:
+        deadline = self.launched_at + self.startup_timeout
+        while not self._healthy():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no answer from {self.base_url}/health in {self.startup_timeout} s:\n"
+                                   f"{self.log_tail()}")  # fmt: skip
+            time.sleep(0.2)
+        self.startup_seconds = time.perf_counter() - self.launched_at
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the server wrote (stdout and stderr)."""
+        path = getattr(self, "log_path", None)
+        if path is None or not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace`` s. Idempotent."""
+        atexit.unregister(self.stop)
+        if self.process is not None:
+            _kill_group(self.process, grace)
+            self.process = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def __repr__(self) -> str:
+        state = f"running, pid {self.pid}" if self.running else "stopped"
+        return f"LocalServer(model={self.model!r}, base_url={self.base_url!r}, {state})"
+
+
+def _kill_group(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the process group led by ``process``, wait up to ``grace`` s, then SIGKILL what is left."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process.pid, signal.SIGKILL)  # the leader if it hung, and any child it started
+    process.wait()  # reap, so not even a zombie is left
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)  # the child leads its own group (start_new_session): pgid == its pid
+    except ProcessLookupError:
+        pass  # the group is already empty
