@@ -1,0 +1,35 @@
+"""Command line: ``python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anatomy", description="Dissect Qwen2.5-VL component by component.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    dissect = commands.add_parser("dissect", help="anatomy of one forward pass on an image")
+    dissect.add_argument("image", help="path of the image to feed the model")
+    dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
+    dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
+    dissect.add_argument("--text", default=None, help="the question (default: the seed's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "dissect":
+        from anatomy.dissect import dissect
+        from anatomy.inputs import SEED_QUESTION
+
+        try:
+            print(dissect(args.image, args.model, args.out, args.text or SEED_QUESTION))
+        except (ValueError, FileNotFoundError, TypeError) as error:
+            print(f"anatomy dissect: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

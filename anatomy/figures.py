@@ -1,0 +1,54 @@
+"""Figures drawn from a capture. Every function returns a matplotlib Figure.
+
+Figures are built without pyplot: nothing global changes, nothing is shown
+twice in a notebook, and ``figure.savefig`` works headless.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _stack_norms(cache, prefix: str) -> np.ndarray:
+    """Mean L2 norm per token of each ``{prefix}.{i}.output`` in the cache: (layers,)."""
+    names = sorted((n for n in cache if n.startswith(prefix) and n.endswith(".output")),
+                   key=lambda n: int(n[len(prefix) + 1:].split(".")[0]))
+    return np.array([cache[n].float().norm(dim=-1).mean().item() for n in names])
+
+
+def residual_norms(cache) -> Figure:
+    """Mean norm of the residual stream after every vision block and decoder layer.
+
+    Needs ``vision.blocks.*.output`` and ``decoder.layers.*.output`` in the cache.
+    """
+    vision, decoder = _stack_norms(cache, "vision.blocks"), _stack_norms(cache, "decoder.layers")
+    if not len(vision) and not len(decoder):
+        raise ValueError("the cache holds no vision.blocks.*.output or decoder.layers.*.output to draw")
+    figure = Figure(figsize=(10, 3.2), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for axis, norms, stack in ((axes[0], vision, "vision block"), (axes[1], decoder, "decoder layer")):
+        axis.plot(np.arange(len(norms)), norms, marker="o")
+        axis.set_xticks(np.arange(len(norms)))
+        axis.set(title=f"residual stream after each {stack}", xlabel=stack, ylabel="mean L2 norm per token")
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def patch_norm_map(cache, image, site: str = "vision.patch_embed") -> Figure:
+    """The image beside the norm of ``site`` at every patch, in raster order.
+
+    ``site`` must be a patch-level vision site (``(patches, D)``) of a single image.
+    """
+    if len(cache.grid_thw) != 1 or cache.grid_thw[0].shape[0] != 1:
+        raise ValueError(f"patch_norm_map draws one image; the cache holds grids {cache.grid_thw}")
+    t, rows, cols = cache.grid_thw[0][0].tolist()
+    norms = cache[site].float().norm(dim=-1).reshape(t, rows, cols)[0].numpy()  # (rows, cols)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2)
+    axes[0].imshow(image)
+    axes[0].set(title=f"input, {image.width}x{image.height} px")
+    shown = axes[1].imshow(norms, cmap="viridis")
+    axes[1].set(title=f"norm of {site}, {rows}x{cols} patches of 14 px")
+    figure.colorbar(shown, ax=axes[1], shrink=0.8)
+    return figure

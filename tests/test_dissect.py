@@ -1,0 +1,31 @@
+"""The headless job, end to end on the tiny model."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from anatomy.__main__ import main
+from anatomy.inputs import demo_image
+
+
+def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
+    image = tmp_path / "picture.png"
+    demo_image(448, 336).save(image)
+    assert main(["dissect", str(image), "--model", "tiny", "--out", str(tmp_path / "figures")]) == 0
+    report = capsys.readouterr().out
+    assert "image tokens (<|image_pad|>)    192" in report  # (336/28) * (448/28) = 12 * 16
+    assert "vision patches (14x14 px)      768" in report
+    assert "vision.merger.output" in report and "(192, 128)" in report
+    for name in ("patch_norms", "residual_norms"):
+        with Image.open(tmp_path / "figures" / f"{name}.png") as figure:
+            assert figure.width > 500
+
+
+def test_dissect_refuses_a_bad_image_with_one_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "anatomy", "dissect", str(tmp_path / "missing.jpg"), "--model", "tiny"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {str(tmp_path / 'missing.jpg')!r} does not exist or is not a file"]
