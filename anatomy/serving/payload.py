@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 SEED_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 SEED_SYSTEM = "You are a helpful assistant."
@@ -129,5 +129,6 @@ def sample_image(text: str = "Qwen2.5-VL", size: tuple[int, int] = (280, 112)) -
     The default 280x112 px is 10x4 cells of 28 px, so 40 ``<|image_pad|>`` tokens.
     """
     image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).text((size[0] // 8, size[1] // 3), text, fill="black")
+    font = ImageFont.load_default(size=size[1] // 3)  # a scalable font, a third of the height
+    ImageDraw.Draw(image).text((size[0] // 2, size[1] // 2), text, fill="black", font=font, anchor="mm")
     return image
