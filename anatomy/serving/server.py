@@ -6,12 +6,18 @@
 (``config.json``, ``model.safetensors``, tokenizer, image processor, chat
 template), then runs it in a child process on 127.0.0.1:
 
->>> with LocalServer("tiny") as server:          # ~3 s to save, ~6 s to start on 2 CPU cores
+>>> with LocalServer("tiny") as server:          # ~3 s to save, ~8-12 s to start on 2 CPU cores
 ...     answer = chat(server.base_url, seed_messages, server.model)
+
+``transformers serve DIR`` pins the server to that model and answers 400 to any
+other name, so it is launched from DIR's parent with DIR's relative name: the
+name clients send is a short ``anatomy-tiny``, not a temporary path.
 
 The child runs in its own process group; ``stop`` (called on every exit of the
 ``with``, exceptions included, and at interpreter exit) kills the whole group,
-and on Linux the child is also told to die if this process dies.
+and on Linux the child is also told to die if this process dies (strictly: if the
+thread that started it ends, so start it from the main thread, as notebooks and
+pytest do).
 """
 
 from __future__ import annotations
@@ -82,10 +88,11 @@ def _die_with_parent():
 class LocalServer:
     """``transformers serve`` for one model, in a child process on a loopback address.
 
-    Attributes (once started): ``base_url`` (``http://127.0.0.1:PORT``), ``model``
-    (the name to send, e.g. ``"anatomy-tiny"``), ``pid`` (also its process group id),
-    ``running``, ``save_seconds`` and
-    ``startup_seconds`` (launch until ``/health`` answers 200).
+    Attributes (once started): ``base_url`` (``http://127.0.0.1:PORT``), ``model`` (the
+    name to send, e.g. ``"anatomy-tiny"``), ``pid`` (also its process group id), ``running``,
+    ``save_seconds`` and ``startup_seconds`` (launch until ``/health`` answers 200).
+    ``source`` is anything ``anatomy.load`` takes, or a loaded ``Specimen``; a checkpoint is
+    loaded and saved again, so the server gets exactly the model and processor ``load`` gives.
     """
 
     def __init__(self, source: str | Specimen = "tiny", *, host: str = "127.0.0.1", port: int | None = None,
