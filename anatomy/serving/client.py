@@ -105,8 +105,8 @@ def chat(
 ) -> ChatAnswer:
     """Send ``messages`` to ``model`` at ``base_url`` with the official ``openai`` client.
 
-    >>> chat("http://127.0.0.1:8000", chat_messages(SEED_QUESTION, images=["qwen.png"]), "anatomy-tiny")
-    ChatAnswer(text='...', usage={'prompt_tokens': 61, ...}, ...)
+    >>> chat("http://127.0.0.1:8000", chat_messages(SEED_QUESTION, images=[sample_image()]), "anatomy-tiny")
+    ChatAnswer(text='...', usage={'prompt_tokens': 69, 'completion_tokens': ..., ...}, ...)
     """
     base_url = _base_url(base_url)
     payload = chat_payload(model, messages, max_tokens)  # the same checks as plain HTTP
