@@ -85,6 +85,8 @@ class Table:
         body = ["  ".join(_pad(c, w) for c, w in zip(line, widths)).rstrip() for line in lines]
         return "\n".join(([self.title] if self.title else []) + body + list(self.notes))
 
+    __repr__ = __str__  # a notebook's text view shows the table, not the fields
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
         cell = "<td style='text-align:{}'>{}</td>"
@@ -297,6 +299,8 @@ class SideBySide:
     def __str__(self) -> str:
         width = max(len(left) for _, left, _ in [("", self.titles[0], ""), *self.rows])
         return "\n".join(f"{left:<{width}} {tag} {right}".rstrip() for tag, left, right in [("|", *self.titles), *self.rows])
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         cell = "<td style='font-family:monospace;white-space:pre;text-align:left;background:{}'>{}</td>"
