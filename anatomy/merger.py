@@ -1,0 +1,70 @@
+"""The patch merger: four neighbouring patches become one decoder token.
+
+RMSNorm over each 1280-wide patch, then the 2x2 group of patches that the
+processor put next to each other is read as one 4*1280 = 5120-wide row, and
+an MLP (Linear 5120->5120, GELU, Linear 5120->decoder width) maps it to the
+decoder. A 24x32-patch image becomes 12x16 = 192 tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from anatomy.windows import resized
+
+
+def merge_groups(grid_thw, merge: int = 2) -> np.ndarray:
+    """Raster indices of the patches that form each merged token: (tokens, merge*merge).
+
+    >>> merge_groups(torch.tensor([1, 2, 4]))
+    array([[0, 1, 4, 5],
+           [2, 3, 6, 7]])
+    """
+    t, rows, cols = (int(v) for v in torch.as_tensor(grid_thw).reshape(-1))
+    if rows % merge or cols % merge:
+        raise ValueError(f"grid {t}x{rows}x{cols} is not divisible by merge={merge}")
+    raster = np.arange(t * rows * cols).reshape(t, rows // merge, merge, cols // merge, merge)
+    return raster.transpose(0, 1, 3, 2, 4).reshape(-1, merge * merge)
+
+
+def merger_shapes(vision_config) -> list[tuple[str, str]]:
+    """Each step of the merger with the width it produces, for this config."""
+    width, merge = vision_config.hidden_size, vision_config.spatial_merge_size
+    grouped = width * merge * merge
+    return [
+        ("patches in", f"(patches, {width})"),
+        ("ln_q (RMSNorm)", f"(patches, {width})"),
+        (f"{merge}x{merge} group -> one row", f"(patches/{merge * merge}, {grouped})"),
+        ("mlp.0 Linear + GELU", f"(tokens, {grouped})"),
+        ("mlp.2 Linear", f"(tokens, {vision_config.out_hidden_size})"),
+    ]
+
+
+def merge_by_hand(merger, patches: torch.Tensor) -> torch.Tensor:
+    """The merger recomputed step by step on window-order patches: (patches, D) -> (patches/4, out)."""
+    grouped = merger.ln_q(patches).reshape(-1, merger.hidden_size)  # (tokens, 4*D): 4 consecutive patches
+    return merger.mlp[2](merger.mlp[1](merger.mlp[0](grouped)))
+
+
+def principal_components(values: torch.Tensor, count: int = 3) -> np.ndarray:
+    """Project rows on their first ``count`` principal components, scaled to [0, 1]: (n, count)."""
+    centred = values.float() - values.float().mean(0)
+    _, _, basis = torch.linalg.svd(centred, full_matrices=False)
+    projected = centred @ basis[:count].T
+    low, high = projected.min(0).values, projected.max(0).values
+    return ((projected - low) / (high - low).clamp_min(1e-12)).numpy()
+
+
+def token_map_figure(tokens: torch.Tensor, image, grid_thw, title: str) -> Figure:
+    """Merged tokens (raster order, one image) as an RGB map of their first 3 principal components."""
+    _, rows, cols = (int(v) for v in torch.as_tensor(grid_thw).reshape(-1))
+    colours = principal_components(tokens[: rows * cols // 4]).reshape(rows // 2, cols // 2, 3)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.imshow(resized(image, grid_thw))
+    left.set(title="resized input")
+    right.imshow(colours, interpolation="nearest")
+    right.set(title=title, xlabel="token column (28 px)", ylabel="token row (28 px)")
+    return figure
