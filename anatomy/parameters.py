@@ -27,7 +27,6 @@ from anatomy.structure import Table, as_model, parts
 VISION_COMPONENTS = ("patch embedding", "vision blocks", "merger")
 COMPONENTS = (*VISION_COMPONENTS, "token embedding", "decoder layers", "final norm", "lm_head")
 BYTES_PER_PARAMETER = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "int4": 0.5}
-ROLES = (("Attention", "attention "), ("MLP", "MLP"), ("Norm", "norms"))  # class-name marker -> part label
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class PartCount:
 class ParameterTable:
     """Parameter counts of a model, part by part; prints as text, renders as HTML."""
 
-    name: str
+    source: str  # what was counted: "7B", "tiny", or the model's class name
     rows: tuple[PartCount, ...]
 
     @property
@@ -65,7 +64,7 @@ class ParameterTable:
             lines.append([component, "", count, _share(count, self.total), " ".join(r.note for r in rows)])
             lines += [["", r.part, r.count, _share(r.count, self.total), ""] for r in rows if r.part]
         lines.append(["total", "", self.total, "100.0%", "shared tensors counted once"])
-        return Table(["component", "part", "parameters", "share", "note"], lines, title=self.name)
+        return Table(["component", "part", "parameters", "share", "note"], lines, title=f"{self.source}: parameters")
 
     def __str__(self) -> str:
         return str(self.table())
@@ -87,7 +86,7 @@ def count_parameters(model) -> ParameterTable:
 
     Works on the meta device: ``numel`` needs no weights.
     """
-    name = getattr(model, "source", type(model).__name__)
+    source = getattr(model, "source", type(model).__name__)
     model = as_model(model)
     prefixes = _prefixes(model)
     rows: dict[tuple[str, str], int] = {}
@@ -96,7 +95,7 @@ def count_parameters(model) -> ParameterTable:
         rows[key] = rows.get(key, 0) + tensor.numel()
     ordered = sorted(rows.items(), key=lambda item: COMPONENTS.index(item[0][0]))
     counts = [PartCount(component, part, count) for (component, part), count in ordered]
-    return ParameterTable(f"{name}: parameters", tuple(counts + _tied_rows(model, prefixes)))
+    return ParameterTable(source, tuple(counts + _tied_rows(model, prefixes)))
 
 
 def _prefixes(model: nn.Module) -> dict[str, str]:
@@ -128,23 +127,36 @@ def _classify(model: nn.Module, prefixes: dict[str, str], path: str) -> tuple[st
 def _role(module: nn.Module, child: str) -> str:
     """The part a child of a block belongs to, read from its class name: ``Qwen2MLP`` -> ``"MLP"``."""
     cls = type(module).__name__
-    for marker, label in ROLES:
-        if marker in cls:
-            return label + child if label.endswith(" ") else label
-    return cls
+    if "Attention" in cls:
+        return f"attention {child}"  # one row per projection: q_proj, k_proj, ... or qkv, proj
+    if "MLP" in cls:
+        return "MLP"
+    return "norms" if "Norm" in cls else cls
 
 
 def _tied_rows(model: nn.Module, prefixes: dict[str, str]) -> list[PartCount]:
     """A zero row for every tensor that another module already owns (counted there)."""
-    owners: dict[int, str] = {}
     rows = []
-    for path, tensor in model.named_parameters(remove_duplicate=False):
-        if id(tensor) in owners:
-            component, part = _classify(model, prefixes, path)
-            owner = _classify(model, prefixes, owners[id(tensor)])[0]
-            rows.append(PartCount(component, part, 0, f"tied to {owner}: same tensor as {owners[id(tensor)]}"))
-        owners.setdefault(id(tensor), path)
+    for path, owner, _ in shared_tensors(model):
+        component, part = _classify(model, prefixes, path)
+        owner_component = _classify(model, prefixes, owner)[0]
+        rows.append(PartCount(component, part, 0, f"tied to {owner_component}: same tensor as {owner}"))
     return rows
+
+
+def shared_tensors(model) -> list[tuple[str, str, int]]:
+    """``(path, path of its first holder, numel)`` for every parameter that is another one.
+
+    >>> shared_tensors(anatomy.load("3B"))
+    [('lm_head.weight', 'model.language_model.embed_tokens.weight', 311164928)]
+    """
+    owners: dict[int, str] = {}
+    shared = []
+    for path, tensor in as_model(model).named_parameters(remove_duplicate=False):
+        if id(tensor) in owners:
+            shared.append((path, owners[id(tensor)], tensor.numel()))
+        owners.setdefault(id(tensor), path)
+    return shared
 
 
 def compare_sizes(sources=PUBLISHED_SIZES) -> Table:
@@ -157,8 +169,9 @@ def compare_sizes(sources=PUBLISHED_SIZES) -> Table:
     tables = [count_parameters(load(source)) for source in sources]
     rows = [[c, *(t.by_component()[c] for t in tables)] for c in COMPONENTS]
     rows.append(["total", *(t.total for t in tables)])
-    rows.append(["vision share", *(_share(sum(t.by_component()[c] for c in VISION_COMPONENTS), t.total) for t in tables)])
-    notes = tuple(f"{t.name.split(':')[0]}: {r.note}" for t in tables for r in t.rows if r.note)
+    vision = [sum(t.by_component()[c] for c in VISION_COMPONENTS) for t in tables]
+    rows.append(["vision share", *(_share(v, t.total) for v, t in zip(vision, tables))])
+    notes = tuple(f"{t.source}: {r.note}" for t in tables for r in t.rows if r.note)
     return Table(["component", *sources], rows, title="Parameters by size", notes=notes)
 
 
@@ -171,7 +184,8 @@ def weight_memory(model_or_count) -> Table:
     count = model_or_count if isinstance(model_or_count, int) else count_parameters(model_or_count).total
     if count < 0:
         raise ValueError(f"parameter count {count} is negative; expected a model or a count >= 0")
-    rows = [[dtype, size, int(count * size), f"{count * size / 2**30:.2f} GiB"] for dtype, size in BYTES_PER_PARAMETER.items()]
+    sizes = BYTES_PER_PARAMETER.items()
+    rows = [[dtype, size, int(count * size), f"{count * size / 2**30:.2f} GiB"] for dtype, size in sizes]
     return Table(["dtype", "bytes/param", "bytes", "size"], rows, title=f"Weights of {count:,} parameters")
 
 
@@ -203,14 +217,8 @@ def double_count(model) -> DoubleCount:
     311164928
     """
     model = as_model(model)
-    owners: dict[int, str] = {}
-    shared = []
-    for path, tensor in model.named_parameters(remove_duplicate=False):
-        if id(tensor) in owners:
-            shared.append((path, owners[id(tensor)], tensor.numel()))
-        owners.setdefault(id(tensor), path)
     stats = torchinfo.summary(model, depth=1, verbose=0)
-    return DoubleCount(stats.total_params, sum(p.numel() for p in model.parameters()), tuple(shared))
+    return DoubleCount(stats.total_params, sum(p.numel() for p in model.parameters()), tuple(shared_tensors(model)))
 
 
 def torchinfo_summary(model, depth: int = 3) -> str:
@@ -232,23 +240,28 @@ def plot_parameters(table: ParameterTable) -> Figure:
         raise TypeError(f"expected the ParameterTable of count_parameters(model), got {type(table).__name__}")
     fig = Figure(figsize=(9, 4.2), layout="constrained")  # no pyplot: shown once in a notebook, nothing global
     ax = fig.subplots()
-    totals = table.by_component()
+    biggest = max(table.by_component().values())
     for y, component in enumerate(COMPONENTS):
-        left = 0
-        for row in (row for row in table.rows if row.component == component and row.count):
-            ax.barh(y, row.count, left=left, color=FAMILY_COLOURS[_family(row)], edgecolor="white")
-            if row.count > 0.06 * max(totals.values()):
-                ax.text(left + row.count / 2, y, row.part, ha="center", va="center", fontsize=8, color="white")
-            left += row.count
-        tied = " ".join(row.note.split(":")[0] for row in table.rows if row.component == component and row.note)
-        ax.text(left, y, f" {_human(totals[component])} ({_share(totals[component], table.total)}) {tied}", va="center", fontsize=8)
+        _draw_bar(ax, y, [row for row in table.rows if row.component == component], table.total, biggest)
     ax.axhline(len(VISION_COMPONENTS) - 0.5, color="black", linewidth=0.6, linestyle="--")
-    ax.set(yticks=range(len(COMPONENTS)), yticklabels=COMPONENTS, ylim=(len(COMPONENTS) - 0.5, -0.5))  # top to bottom
-    ax.set(xlim=(0, 1.3 * max(totals.values())), xlabel="parameters")
+    ax.set(yticks=range(len(COMPONENTS)), yticklabels=COMPONENTS, ylim=(len(COMPONENTS) - 0.5, -0.5))  # top down
+    ax.set(xlim=(0, 1.3 * biggest), xlabel="parameters")
     ax.xaxis.set_major_formatter(lambda x, _: _human(x))
     ax.legend(handles=[Patch(color=c, label=f) for f, c in FAMILY_COLOURS.items()], loc="lower right", fontsize=8)
-    ax.set_title(f"{table.name.split(':')[0]}: where the {_human(table.total)} parameters live (vision above the dashed line)")
+    ax.set_title(f"{table.source}: where the {_human(table.total)} parameters live (vision above the dashed line)")
     return fig
+
+
+def _draw_bar(ax, y: int, rows: list[PartCount], total: int, biggest: int) -> None:
+    """One component's bar: a segment per part (named when wide enough), then its count and share."""
+    left = 0
+    for row in (row for row in rows if row.count):
+        ax.barh(y, row.count, left=left, color=FAMILY_COLOURS[_family(row)], edgecolor="white")
+        if row.count > 0.06 * biggest:
+            ax.text(left + row.count / 2, y, row.part, ha="center", va="center", fontsize=8, color="white")
+        left += row.count
+    tied = " ".join(row.note.split(":")[0] for row in rows if row.note)  # "tied to token embedding"
+    ax.text(left, y, f" {_human(left)} ({_share(left, total)}) {tied}", va="center", fontsize=8)
 
 
 def _family(row: PartCount) -> str:

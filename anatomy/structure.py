@@ -12,7 +12,9 @@ the module with ``patch_embed`` and ``merger``, the decoder the one with
 >>> seed["visual.blocks.7.attn.qkv"]
 TreeNode(path='visual.blocks.7.attn.qkv', cls='Linear', args='in_features=1280, out_features=3840, bias=True')
 >>> today = model_tree(anatomy.load("7B"))
->>> counterparts(seed, today)[...]   # one row per seed module: where it lives now, what changed
+>>> row = counterparts(seed, today)[1]   # one row per seed module: where it lives now, what changed
+>>> row.old.path, row.new.path, row.change
+('visual', 'model.visual', 'moved')
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from html import escape
 from importlib import resources
 
 from torch import nn
-
 
 VISION_CHILDREN = ("patch_embed", "merger")
 DECODER_CHILDREN = ("embed_tokens", "layers")
@@ -48,66 +49,6 @@ ONE_SIDED_NOTES = {
     "Qwen2_5_VLModel": "new wrapper under `model`: holds `visual` and `language_model`, inserts image features "
     "into the token embeddings",
 }
-
-
-def as_model(model) -> nn.Module:
-    """The ``nn.Module`` inside a ``Specimen``, or the module itself."""
-    model = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a Specimen or a torch nn.Module, got {type(model).__name__}: {model!r:.60}")
-    return model
-
-
-@dataclass
-class Table:
-    """Rows that print as aligned text and render as an HTML table in a notebook.
-
-    Integers print with thousands separators and align right.
-
-    >>> print(Table(["part", "parameters"], [["qkv", 4920320]]))
-    part  parameters
-    ----  ----------
-    qkv    4,920,320
-    """
-
-    columns: list[str]
-    rows: list[list]
-    title: str = ""
-    notes: tuple[str, ...] = ()
-
-    def cells(self) -> list[list[str]]:
-        return [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in self.rows]
-
-    def __str__(self) -> str:
-        cells = self.cells()
-        widths = [max(len(c) for c in column) for column in zip(self.columns, *cells)]
-        lines = [self.columns, ["-" * w for w in widths], *cells]
-        body = ["  ".join(_pad(c, w) for c, w in zip(line, widths)).rstrip() for line in lines]
-        return "\n".join(([self.title] if self.title else []) + body + list(self.notes))
-
-    __repr__ = __str__  # a notebook's text view shows the table, not the fields
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
-        cell = "<td style='text-align:{}'>{}</td>"
-        body = "".join(
-            "<tr>" + "".join(cell.format(_align(c), escape(c)) for c in row) + "</tr>" for row in self.cells()
-        )
-        caption = f"<caption style='text-align:left'><b>{escape(self.title)}</b></caption>" if self.title else ""
-        notes = "".join(f"<p><i>{escape(n)}</i></p>" for n in self.notes)
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
-
-
-_NUMBER = re.compile(r"^-?[\d.,]+( ?%| GiB)?$")
-
-
-def _align(cell: str) -> str:
-    """Numbers (``"1,280"``, ``"0.5"``, ``"17.8%"``, ``"15.45 GiB"``) align right, text left."""
-    return "right" if _NUMBER.match(cell) else "left"
-
-
-def _pad(cell: str, width: int) -> str:
-    return cell.rjust(width) if _align(cell) == "right" else cell.ljust(width)
 
 
 @dataclass(frozen=True)
@@ -252,7 +193,8 @@ def counterparts(old: dict[str, TreeNode], new: dict[str, TreeNode]) -> list[Cou
     [('model.norm', 'model.language_model.norm')]
     """
     if not (isinstance(old, dict) and isinstance(new, dict)):
-        raise TypeError(f"expected two trees from parse_tree/model_tree, got {type(old).__name__}, {type(new).__name__}")
+        kinds = f"{type(old).__name__}, {type(new).__name__}"
+        raise TypeError(f"expected two trees from parse_tree/model_tree, got {kinds}")
     moves = [(before, parts(new)[tower]) for tower, before in parts(old).items()]
     rows = [Counterpart(node, new.get(_translate(node.path, moves))) for node in old.values()]
     matched = {row.new.path for row in rows if row.new is not None}
@@ -297,15 +239,16 @@ class SideBySide:
     titles: tuple[str, str]
 
     def __str__(self) -> str:
-        width = max(len(left) for _, left, _ in [("", self.titles[0], ""), *self.rows])
-        return "\n".join(f"{left:<{width}} {tag} {right}".rstrip() for tag, left, right in [("|", *self.titles), *self.rows])
+        lines = [("|", *self.titles), *self.rows]
+        width = max(len(left) for _, left, _ in lines)
+        return "\n".join(f"{left:<{width}} {tag} {right}".rstrip() for tag, left, right in lines)
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         cell = "<td style='font-family:monospace;white-space:pre;text-align:left;background:{}'>{}</td>"
         body = "".join(
-            f"<tr>{cell.format(_TAG_COLOURS[tag], escape(left))}{cell.format(_TAG_COLOURS[tag], escape(right))}</tr>"
+            "<tr>" + "".join(cell.format(_TAG_COLOURS[tag], escape(text)) for text in (left, right)) + "</tr>"
             for tag, left, right in self.rows
         )
         head = "".join(f"<th style='text-align:left'>{escape(title)}</th>" for title in self.titles)
@@ -322,9 +265,82 @@ def side_by_side(left: str, right: str, titles: tuple[str, str] = ("transformers
         raise TypeError(f"expected two print(model) strings, got {type(left).__name__} and {type(right).__name__}")
     a, b = left.splitlines(), right.splitlines()
     matcher = difflib.SequenceMatcher(None, [line.strip() for line in a], [line.strip() for line in b], autojunk=False)
-    rows = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        tag = {"equal": "=", "replace": "~", "delete": "-", "insert": "+"}[op]
-        for x, y in itertools.zip_longest(a[i1:i2], b[j1:j2], fillvalue=""):
-            rows.append((tag if x and y or tag != "~" else ("-" if x else "+"), x, y))
+    rows = [
+        (_tag(op, x, y), x, y)
+        for op, i1, i2, j1, j2 in matcher.get_opcodes()
+        for x, y in itertools.zip_longest(a[i1:i2], b[j1:j2], fillvalue="")  # a replace may pair n lines with m
+    ]
     return SideBySide(rows, titles)
+
+
+def _tag(op: str, left: str, right: str) -> str:
+    """``"="`` same line, ``"~"`` changed, ``"-"`` only on the left, ``"+"`` only on the right."""
+    if op == "equal":
+        return "="
+    if left and right:
+        return "~"
+    return "-" if left else "+"
+
+
+# Shared by parameters.py and tokens.py: what a public function accepts, and how its tables show.
+
+
+def as_model(model) -> nn.Module:
+    """The ``nn.Module`` inside a ``Specimen``, or the module itself."""
+    if not isinstance(model, nn.Module):
+        model = getattr(model, "model", model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a Specimen or a torch nn.Module, got {type(model).__name__}: {model!r:.60}")
+    return model
+
+
+@dataclass
+class Table:
+    """Rows that print as aligned text and render as an HTML table in a notebook.
+
+    Integers print with thousands separators and align right.
+
+    >>> print(Table(["part", "parameters"], [["qkv", 4920320]]))
+    part  parameters
+    ----  ----------
+    qkv    4,920,320
+    """
+
+    columns: list[str]
+    rows: list[list]
+    title: str = ""
+    notes: tuple[str, ...] = ()
+
+    def cells(self) -> list[list[str]]:
+        return [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in self.rows]
+
+    def __str__(self) -> str:
+        cells = self.cells()
+        widths = [max(len(c) for c in column) for column in zip(self.columns, *cells)]
+        lines = [self.columns, ["-" * w for w in widths], *cells]
+        body = ["  ".join(_pad(c, w) for c, w in zip(line, widths)).rstrip() for line in lines]
+        return "\n".join(([self.title] if self.title else []) + body + list(self.notes))
+
+    __repr__ = __str__  # a notebook's text view shows the table, not the fields
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
+        cell = "<td style='text-align:{}'>{}</td>"
+        body = "".join(
+            "<tr>" + "".join(cell.format(_align(c), escape(c)) for c in row) + "</tr>" for row in self.cells()
+        )
+        caption = f"<caption style='text-align:left'><b>{escape(self.title)}</b></caption>" if self.title else ""
+        notes = "".join(f"<p><i>{escape(n)}</i></p>" for n in self.notes)
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+_NUMBER = re.compile(r"^-?[\d.,]+( ?%| GiB)?$")
+
+
+def _align(cell: str) -> str:
+    """Numbers (``"1,280"``, ``"0.5"``, ``"17.8%"``, ``"15.45 GiB"``) align right, text left."""
+    return "right" if _NUMBER.match(cell) else "left"
+
+
+def _pad(cell: str, width: int) -> str:
+    return cell.rjust(width) if _align(cell) == "right" else cell.ljust(width)

@@ -62,16 +62,17 @@ def tokenizer_of(source):
 
 
 def special_tokens(source) -> Table:
-    """The added tokens, read from the tokenizer: id, content, special flag, role.
+    """The added tokens, read from the tokenizer: id, content, special flag, what it is set as, role.
 
-    ``special`` tokens are never split and ``decode(skip_special_tokens=True)``
-    drops them; the others (``<tool_call>``, ``<|fim_prefix|>``...) stay in text.
+    All added tokens are matched whole, never split by the BPE; ``decode(ids,
+    skip_special_tokens=True)`` drops the special ones and keeps the others
+    (``<tool_call>``, ``<|fim_prefix|>``...) in the text.
     """
     tokenizer = tokenizer_of(source)
     named = {tokenizer.eos_token: "eos_token", tokenizer.pad_token: "pad_token"}
     rows = [
-        [str(i), token.content, "yes" if token.special else "no", named.get(token.content, ""), ROLES.get(token.content, "")]
-        for i, token in sorted(tokenizer.added_tokens_decoder.items())
+        [str(i), t.content, "yes" if t.special else "no", named.get(t.content, ""), ROLES.get(t.content, "")]
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())
     ]
     return Table(["id", "content", "special", "set as", "role"], rows, title="Added tokens")
 
@@ -109,7 +110,8 @@ def _ids(tokenizer, tokens) -> list[int]:
         tokens = tokens[0]
     ids = tokens.tolist() if isinstance(tokens, torch.Tensor) and tokens.dim() == 1 else tokens
     if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < len(tokenizer) for i in ids):
-        raise ValueError(f"tokens={tokens!r:.80}; expected text, or ids in [0, {len(tokenizer)}) as a list or 1-row tensor")
+        expected = f"expected text, or ids in [0, {len(tokenizer)}) as a list or a 1-row tensor"
+        raise ValueError(f"tokens={tokens!r:.80}; {expected}")
     return ids
 
 
@@ -153,8 +155,10 @@ def _image_processor(source):
 def _check_size(height, width) -> None:
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (height, width)):
         raise ValueError(f"image size {height!r} x {width!r}; expected two positive integers (height, width)")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(f"image of {height} x {width} px has aspect ratio above {MAX_ASPECT_RATIO}, which Qwen2.5-VL refuses")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        allowed = f"at most {MAX_ASPECT_RATIO} is allowed"
+        raise ValueError(f"image of {height} x {width} px has aspect ratio {ratio:.0f}; {allowed}")
 
 
 def resized_size(source, height: int, width: int) -> tuple[int, int]:
@@ -182,11 +186,14 @@ def image_token_count(source, height: int, width: int) -> int:
 
 def image_cost_table(source, sizes) -> Table:
     """Token cost of each (height, width) in ``sizes``: resized size, patches, tokens."""
-    if not isinstance(sizes, (list, tuple)) or not sizes or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sizes):
+    pairs = isinstance(sizes, (list, tuple)) and all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sizes)
+    if not sizes or not pairs:
         raise ValueError(f"sizes={sizes!r}; expected a list of (height, width) pairs, e.g. [(480, 640)]")
+    merge = _image_processor(source).merge_size
     rows = []
     for height, width in sizes:
         tokens = image_token_count(source, height, width)
         new_h, new_w = resized_size(source, height, width)
-        rows.append([f"{height} x {width}", f"{new_h} x {new_w}", tokens * _image_processor(source).merge_size**2, tokens])
-    return Table(["image (H x W)", "resized (H' x W')", "14 px patches", "<|image_pad|> tokens"], rows, title="What an image costs")
+        rows.append([f"{height} x {width}", f"{new_h} x {new_w}", tokens * merge**2, tokens])
+    columns = ["image (H x W)", "resized (H' x W')", "14 px patches", "<|image_pad|> tokens"]
+    return Table(columns, rows, title="What an image costs")

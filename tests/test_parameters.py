@@ -12,6 +12,7 @@ from anatomy.parameters import (
     count_parameters,
     double_count,
     plot_parameters,
+    shared_tensors,
     torchinfo_summary,
     weight_memory,
 )
@@ -102,6 +103,8 @@ def test_torchinfo_counts_the_tied_tensor_twice():
     config = model.config.text_config
     assert check.torchinfo_total == sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
     assert check.difference == config.vocab_size * config.hidden_size
+    embedding = next(path for path, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    assert shared_tensors(model) == [("lm_head.weight", embedding, check.difference)]
     assert double_count(anatomy.load("7B")).difference == 0
 
 

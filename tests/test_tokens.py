@@ -132,7 +132,7 @@ def test_token_html_marks_special_tokens_and_folds_the_image(processor):
         (lambda p: token_runs(p, 3.5), "tokens=3.5"),
         (lambda p: token_runs(p, torch.zeros(2, 3, dtype=torch.long)), "1-row tensor"),
         (lambda p: image_token_count(p, 0, 10), "image size 0 x 10"),
-        (lambda p: image_token_count(p, 2, 500), "aspect ratio above 200"),
+        (lambda p: image_token_count(p, 2, 500), "aspect ratio 250; at most 200"),
         (lambda p: image_token_count("proc", 28, 28), "expected a Specimen, a processor or a Qwen2-VL image processor"),
         (lambda p: image_cost_table(p, (224, 224)), "sizes=\\(224, 224\\); expected a list of \\(height, width\\)"),
     ],
