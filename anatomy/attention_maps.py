@@ -246,11 +246,12 @@ def image_cells(probs: torch.Tensor, kinds: torch.Tensor, image_grid_thw: torch.
 
 
 def image_map(attention: AttentionRows, kinds, image_grid_thw, layer: int | None = None, head=None,
-              image: int = 0) -> torch.Tensor:
-    """(grid_h/2, grid_w/2) attention on one image, for a layer and head (None: the mean), mean over rows and time."""
+              row: int | None = None, image: int = 0) -> torch.Tensor:
+    """(grid_h/2, grid_w/2) attention on one image for a layer, head and row (None: the mean), mean over time."""
     pick_layer = slice(None) if layer is None else [attention.layers.index(_known(layer, attention.layers, "layer"))]
     pick_head = slice(None) if head is None else [attention.heads.index(_known(head, attention.heads, "head"))]
-    probs = attention.probs[pick_layer][:, pick_head].mean(dim=(0, 1, 2))  # (keys,)
+    pick_row = slice(None) if row is None else [_known(row, list(range(attention.probs.shape[2])), "row")]
+    probs = attention.probs[pick_layer][:, pick_head][:, :, pick_row].mean(dim=(0, 1, 2))  # (keys,)
     return image_cells(probs, kinds, image_grid_thw, image).mean(0)
 
 
@@ -275,13 +276,15 @@ def draw_over_image(axis, image, cells: torch.Tensor, grid_thw, title: str = "")
     axis.set(title=title, xticks=[], yticks=[])
 
 
-def image_attention_figure(attention: AttentionRows, image, kinds, image_grid_thw, layer=None, head=None) -> Figure:
-    """One panel: attention of the selected rows on the image, for ``layer``/``head`` (None: averaged)."""
-    cells = image_map(attention, kinds, image_grid_thw, layer, head)
-    figure = Figure(figsize=(5, 4.2), layout="constrained")
+def image_attention_figure(attention: AttentionRows, image, kinds, image_grid_thw, layer=None, head=None,
+                           row=None) -> Figure:
+    """One panel: attention of the rows on the image, for ``layer``/``head``/``row`` (None: averaged)."""
+    cells = image_map(attention, kinds, image_grid_thw, layer, head, row)
+    figure = Figure(figsize=(5.5, 4.4), layout="constrained")
     axis = figure.subplots()
-    where = f"layer {'mean' if layer is None else layer}, head {'mean' if head is None else head}"
-    draw_over_image(axis, image, cells, image_grid_thw[0], f"attention on the image\n{where}, sum {cells.sum():.3f}")
+    where = ", ".join(f"{name} {'mean' if value is None else value}"
+                      for name, value in (("layer", layer), ("head", head), ("row", row)))
+    draw_over_image(axis, image, cells, image_grid_thw[0], f"attention on the image (sum {cells.sum():.3f})\n{where}")
     figure.colorbar(axis.images[-1], ax=axis, shrink=0.8, label="probability")
     return figure
 
