@@ -181,6 +181,9 @@ def weight_memory(model_or_count) -> Table:
     >>> weight_memory(8_292_166_656).rows[0]
     ['bfloat16', 2, 16584333312, '15.45 GiB']
     """
+    if isinstance(model_or_count, (bool, float, str)) or model_or_count is None:
+        got = f"{type(model_or_count).__name__} {model_or_count!r}"
+        raise TypeError(f"expected a model, a Specimen or a parameter count (int), got {got}")
     count = model_or_count if isinstance(model_or_count, int) else count_parameters(model_or_count).total
     if count < 0:
         raise ValueError(f"parameter count {count} is negative; expected a model or a count >= 0")

@@ -211,6 +211,8 @@ def _translate(path: str, moves: list[tuple[str, str]]) -> str:
 
 def counterpart_table(rows: list[Counterpart], only_changes: bool = False) -> Table:
     """One line per distinct module (layer indices folded to ``{i}``), with what changed and why."""
+    if not isinstance(rows, list) or not all(isinstance(row, Counterpart) for row in rows):
+        raise TypeError(f"expected the list that counterparts(old, new) returns, got {type(rows).__name__}")
     lines: dict[tuple, list] = {}
     for row in rows:
         if only_changes and row.change == "same":

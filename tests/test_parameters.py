@@ -132,6 +132,7 @@ def test_plot_has_one_bar_length_per_component():
         (lambda: count_parameters(nn.Linear(2, 2)), "expected a Qwen2.5-VL model"),
         (lambda: compare_sizes("7B"), "sources='7B'"),
         (lambda: weight_memory(-1), "parameter count -1"),
+        (lambda: weight_memory(8.29e9), "or a parameter count \\(int\\), got float 8290000000.0"),
         (lambda: torchinfo_summary(anatomy.load("tiny"), depth=-1), "depth=-1"),
         (lambda: plot_parameters(None), "expected the ParameterTable"),
     ],

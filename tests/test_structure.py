@@ -141,6 +141,7 @@ def test_table_renders_text_and_html():
         (lambda: tree_text(nn.Linear(1, 1), depth=-1), "depth=-1"),
         (lambda: locate(nn.Linear(1, 1), "patch_embed"), "expected a Qwen2.5-VL model"),
         (lambda: counterparts("seed", {}), "expected two trees"),
+        (lambda: counterpart_table("rows"), "expected the list that counterparts\\(old, new\\) returns, got str"),
         (lambda: side_by_side(1, "x"), "expected two print\\(model\\) strings"),
         (lambda: as_model(3), "expected a Specimen or a torch nn.Module, got int"),
     ],
