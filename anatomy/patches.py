@@ -33,18 +33,25 @@ from anatomy.resize import FACTOR, ROW_VALUES, ResizePlan, resize_image
 ROW_SHAPE = (3, TEMPORAL_PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)  # (channel, frame, y, x) of one row's 1176 values
 
 
-def normalised_image(image: Image.Image, plan: ResizePlan) -> torch.Tensor:
-    """The image as the processor sees it before patchify: (3, H', W') float32.
+def normalise(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 (..., 3, H, W) pixels to ``size`` = (H', W') and normalise: (..., 3, H', W') float32.
 
-    Resized (bicubic, antialiased, on uint8 like the processor), scaled to [0, 1],
-    then normalised per channel with the CLIP mean and std: a mid-grey 128 becomes
+    Bicubic and antialiased on uint8, as the processor does; then scaled to [0, 1] and
+    normalised per channel with the CLIP mean and std: a mid-grey 128 becomes
     (128/255 - 0.481) / 0.269 = 0.077 in red.
     """
+    if pixels.dtype != torch.uint8 or pixels.ndim < 3 or pixels.shape[-3] != 3:
+        raise ValueError(f"pixels of shape {tuple(pixels.shape)} and dtype {pixels.dtype}; expected uint8 (..., 3, H, W)")
+    resized = tvF.resize(pixels, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    return (resized.float() / 255 - mean) / std
+
+
+def normalised_image(image: Image.Image, plan: ResizePlan) -> torch.Tensor:
+    """The image as the processor sees it before patchify: (3, H', W') float32."""
     resize_image(image, plan)  # checks that the plan belongs to this image
     pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)  # (3, H, W) uint8
-    resized = tvF.resize(pixels, list(plan.resized), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
-    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-    return (resized.float() / 255 - mean) / std  # (3, H', W')
+    return normalise(pixels, plan.resized)
 
 
 def patchify(frames: torch.Tensor) -> torch.Tensor:
