@@ -326,14 +326,18 @@ class Table:
     __repr__ = __str__  # a notebook's text view shows the table, not the fields
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
-        cell = "<td style='text-align:{}'>{}</td>"
-        body = "".join(
-            "<tr>" + "".join(cell.format(_align(c), escape(c)) for c in row) + "</tr>" for row in self.cells()
-        )
+        head = "".join(f"<th style='text-align:left'>{escape(c)}</th>" for c in self.columns)
+        body = "".join(_html_row(row) for row in self.cells())
         caption = f"<caption style='text-align:left'><b>{escape(self.title)}</b></caption>" if self.title else ""
         notes = "".join(f"<p><i>{escape(n)}</i></p>" for n in self.notes)
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+def _html_row(cells: list[str]) -> str:
+    """One ``<tr>``: numbers align right, and only the last cell (a note) may wrap."""
+    wraps = ["nowrap"] * (len(cells) - 1) + ["normal"]
+    tds = (f"<td style='text-align:{_align(c)};white-space:{w}'>{escape(c)}</td>" for c, w in zip(cells, wraps))
+    return f"<tr>{''.join(tds)}</tr>"
 
 
 _NUMBER = re.compile(r"^-?[\d.,]+( ?%| GiB)?$")

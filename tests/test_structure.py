@@ -130,7 +130,7 @@ def test_tree_text_is_print_model_and_folds_below_depth():
 def test_table_renders_text_and_html():
     table = Table(["part", "parameters"], [["qkv", 4920320]], title="t", notes=("n",))
     assert str(table).splitlines() == ["t", "part  parameters", "----  ----------", "qkv    4,920,320", "n"]
-    assert "<td style='text-align:right'>4,920,320</td>" in table._repr_html_()
+    assert "<td style='text-align:right;white-space:normal'>4,920,320</td>" in table._repr_html_()
 
 
 @pytest.mark.parametrize(
