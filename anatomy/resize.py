@@ -56,7 +56,8 @@ class ResizePlan:
         return self.token_grid[0] * self.token_grid[1]
 
 
-def _check_size(height, width) -> None:
+def check_size(height, width) -> None:
+    """Refuse a size that is not two positive integers, or whose aspect ratio is above 200."""
     if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in (height, width)):
         raise ValueError(f"image size height={height!r}, width={width!r}; expected two positive integers")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
@@ -79,7 +80,7 @@ def resize_plan(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixel
     >>> resize_plan(1080, 1920, max_pixels=1280 * 28 * 28).tokens    # too big: scaled down to 728 x 1316 px
     1222
     """
-    _check_size(height, width)
+    check_size(height, width)
     _check_bounds(min_pixels, max_pixels)
     new_h, new_w = smart_resize(height, width, FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
     patch_grid = (new_h // PATCH_SIZE, new_w // PATCH_SIZE)
@@ -117,7 +118,9 @@ def token_budget(plan: ResizePlan, vision_config=None, text_config=None, bytes_p
     if bytes_per_value not in (1, 2, 4):
         raise ValueError(f"bytes_per_value={bytes_per_value!r}; expected 1, 2 (bf16) or 4 (float32)")
     hidden, heads = (vision_config.hidden_size, vision_config.num_heads) if vision_config else (1280, 16)
-    kv_width = 2 * text_config.num_key_value_heads * text_config.hidden_size // text_config.num_attention_heads if text_config else 2 * 4 * 128
+    kv_heads, head_dim = (4, 128) if text_config is None else (
+        text_config.num_key_value_heads, text_config.hidden_size // text_config.num_attention_heads)
+    kv_width = 2 * kv_heads * head_dim  # a key and a value per kv head
     return Budget(
         pixel_values=plan.patches * ROW_VALUES * 4,
         residual_per_block=plan.patches * hidden * bytes_per_value,

@@ -27,7 +27,7 @@ from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
 from transformers.video_utils import VideoMetadata
 
 from anatomy.processor import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE, VIDEO_FPS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
-from anatomy.resize import FACTOR, _check_size
+from anatomy.resize import FACTOR, check_size
 
 MIN_FRAMES, MAX_FRAMES = 4, 768  # sampled frame count bounds (qwen-vl-utils FPS_MIN_FRAMES, FPS_MAX_FRAMES)
 VIDEO_TOKEN_BUDGET = int(128000 * FACTOR * FACTOR * 0.9)  # pixels all frames may share: 90% of a 128k context
@@ -65,7 +65,7 @@ def moving_square(frames: int = 20, fps: float = 10.0, height: int = 112, width:
         raise ValueError(f"fps={fps!r}; expected a positive number")
     if not (isinstance(side, int) and 0 < side < min(height, width)):
         raise ValueError(f"side={side!r}; expected a positive integer below min(height, width) = {min(height, width)}")
-    _check_size(height, width)
+    check_size(height, width)
     ramp = np.linspace(0, 1, width)[None, :, None]  # (1, W, 1)
     background = (1 - ramp) * np.array([40, 80, 200]) + ramp * np.array([40, 180, 80])  # (1, W, 3)
     clip = np.repeat(np.broadcast_to(background, (height, width, 3))[None], frames, axis=0).astype(np.uint8)
@@ -127,7 +127,7 @@ def video_plan(
     max_pixels: int = VIDEO_MAX_PIXELS,
 ) -> VideoPlan:
     """Sampled frames, frame size, grid and seconds per temporal patch of a T x H x W clip at ``fps``."""
-    _check_size(height, width)
+    check_size(height, width)
     n = sampled_frame_count(num_frames, fps, sample_fps)
     indices = torch.arange(0, num_frames, num_frames / n).int().tolist()
     per_frame = max(min(max_pixels, VIDEO_TOKEN_BUDGET * TEMPORAL_PATCH_SIZE // n), int(min_pixels * 1.05))

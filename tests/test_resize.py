@@ -71,7 +71,7 @@ def test_bad_bounds_are_named():
         resize_plan(100, 100, min_pixels=5000, max_pixels=4000)
 
 
-def test_budget_against_what_the_processor_and_model_hold(tiny, batch, picture):
+def test_budget_against_what_the_processor_and_model_hold(tiny, batch, picture, reference):
     plan = resize_plan(picture.height, picture.width)
     with capture(tiny, ["vision.patch_embed"]) as cache, torch.no_grad():
         tiny.model(**batch)
@@ -81,6 +81,9 @@ def test_budget_against_what_the_processor_and_model_hold(tiny, batch, picture):
     embeddings = cache["vision.patch_embed"]
     assert budget.residual_per_block == embeddings.nbytes
     assert budget.eager_full_attention == vision.num_heads * embeddings.shape[0] ** 2 * 4
+    keys = reference.past_key_values.layers[0].keys  # (batch, kv_heads, seq, head_dim)
+    per_token = 2 * keys.nbytes // keys.shape[2]  # keys and values of one token in one layer
+    assert budget.kv_cache_per_decoder_layer == plan.tokens * per_token
 
 
 def test_budget_refuses_what_is_not_a_plan():
