@@ -15,7 +15,13 @@ import torch
 from anatomy import figures
 from anatomy.capture import capture
 from anatomy.inputs import SEED_QUESTION, encode, load_image
+from anatomy.merger import token_map_figure
 from anatomy.parameters import count_parameters
+from anatomy.patches import embedding_figure
+from anatomy.resize import grid_figure, resize_plan
+from anatomy.vision_attention import patch_attention_figure, recording
+from anatomy.vision_rotary import rotary_figure
+from anatomy.windows import block_kinds, window_figure
 from anatomy.sources import load
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
@@ -40,14 +46,33 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
         raise ValueError(f"model {source!r} is a skeleton without weights; dissect needs one that runs")
     picture = load_image(image)
     batch = encode(specimen, picture, text)
-    with torch.no_grad(), capture(specimen, "*") as cache:
+    grid = batch["image_grid_thw"]
+    full_block = block_kinds(specimen.config.vision_config).index("full")
+    with torch.no_grad(), capture(specimen, "*") as cache, recording(specimen, grid, full_block) as maps:
         specimen.model(**batch)
-    drawn = {"patch_norms": figures.patch_norm_map(cache, picture), "residual_norms": figures.residual_norms(cache)}
+    drawn = vision_figures(specimen, picture, grid, cache, maps) | {"residual_norms": figures.residual_norms(cache)}
     lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, batch).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:
         lines += ["", *save_figures(drawn, out)]
     return "\n".join(lines)
+
+
+def vision_figures(specimen, picture, grid, cache, maps) -> dict:
+    """The image's path through the vision tower, one figure per stage."""
+    config = specimen.config.vision_config
+    processor = specimen.processor.image_processor
+    plan = resize_plan(picture.height, picture.width, processor.size["shortest_edge"], processor.size["longest_edge"])
+    rows, cols = plan.patch_grid
+    block = next(iter(maps.blocks))
+    return {
+        "resize_grid": grid_figure(picture, processor.size["shortest_edge"], processor.size["longest_edge"]),
+        "patch_embeddings": embedding_figure(cache, picture, plan),
+        "vision_rotary": rotary_figure(cache["vision.rotary.cos"], grid[0], config),
+        "windows": window_figure(picture, grid[0], config),
+        f"vision_attention_block{block}": patch_attention_figure(maps, picture, block, rows // 2, cols // 2),
+        "merged_tokens": token_map_figure(cache["vision.merger.output"], picture, grid[0], "merger output: first 3 principal components"),
+    }
 
 
 def _parameter_lines(specimen) -> list[str]:

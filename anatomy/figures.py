@@ -33,22 +33,3 @@ def residual_norms(cache) -> Figure:
         axis.set(title=f"residual stream after each {stack}", xlabel=stack, ylabel="mean L2 norm per token")
         axis.grid(alpha=0.3)
     return figure
-
-
-def patch_norm_map(cache, image, site: str = "vision.patch_embed") -> Figure:
-    """The image beside the norm of ``site`` at every patch, in raster order.
-
-    ``site`` must be a patch-level vision site (``(patches, D)``) of a single image.
-    """
-    if len(cache.grid_thw) != 1 or cache.grid_thw[0].shape[0] != 1:
-        raise ValueError(f"patch_norm_map draws one image; the cache holds grids {cache.grid_thw}")
-    t, rows, cols = cache.grid_thw[0][0].tolist()
-    norms = cache[site].float().norm(dim=-1).reshape(t, rows, cols)[0].numpy()  # (rows, cols)
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    axes = figure.subplots(1, 2)
-    axes[0].imshow(image)
-    axes[0].set(title=f"input, {image.width}x{image.height} px")
-    shown = axes[1].imshow(norms, cmap="viridis")
-    axes[1].set(title=f"norm of {site}, {rows}x{cols} patches of 14 px")
-    figure.colorbar(shown, ax=axes[1], shrink=0.8)
-    return figure

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from anatomy.patches import principal_rgb
 from anatomy.windows import resized
 
 
@@ -48,19 +49,10 @@ def merge_by_hand(merger, patches: torch.Tensor) -> torch.Tensor:
     return merger.mlp[2](merger.mlp[1](merger.mlp[0](grouped)))
 
 
-def principal_components(values: torch.Tensor, count: int = 3) -> np.ndarray:
-    """Project rows on their first ``count`` principal components, scaled to [0, 1]: (n, count)."""
-    centred = values.float() - values.float().mean(0)
-    _, _, basis = torch.linalg.svd(centred, full_matrices=False)
-    projected = centred @ basis[:count].T
-    low, high = projected.min(0).values, projected.max(0).values
-    return ((projected - low) / (high - low).clamp_min(1e-12)).numpy()
-
-
 def token_map_figure(tokens: torch.Tensor, image, grid_thw, title: str) -> Figure:
     """Merged tokens (raster order, one image) as an RGB map of their first 3 principal components."""
     _, rows, cols = (int(v) for v in torch.as_tensor(grid_thw).reshape(-1))
-    colours = principal_components(tokens[: rows * cols // 4]).reshape(rows // 2, cols // 2, 3)
+    colours = principal_rgb(tokens[: rows * cols // 4].float().reshape(rows // 2, cols // 2, -1))
     figure = Figure(figsize=(10, 4), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.imshow(resized(image, grid_thw))

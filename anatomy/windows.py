@@ -101,14 +101,14 @@ def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
     figure = Figure(figsize=(8, 8 * picture.height / picture.width + 0.6), layout="constrained")
     axis = figure.subplots()
     axis.imshow(picture)
-    _grid_lines(axis, picture.size, PATCH, dict(color="white", lw=0.3, alpha=0.5))
+    _grid_lines(axis, picture.size, PATCH, dict(color="white", lw=0.4, alpha=0.6))
     _grid_lines(axis, picture.size, PATCH * vision_config.spatial_merge_size, dict(color="white", lw=0.8, alpha=0.8))
     for w, (x0, y0, x1, y1) in enumerate(parts.boxes):
         axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2))
         axis.text(x0 + 4, y0 + 4, f"w{w}: {parts.lengths[w]}", color="red", va="top", fontsize=8,
                   bbox=dict(fc="white", alpha=0.7, lw=0, pad=1))
-    axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px "
-                   f"(label: window id: patches); thin lines 14-px patches, thicker 28-px merged tokens")
+    axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px (label: window id: patches)\n"
+                   f"thin lines: 14-px patches, thicker: 28-px merged tokens")
     return figure
 
 
