@@ -23,9 +23,9 @@ from html import escape
 import torch
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from anatomy.resize import check_size
 from anatomy.structure import Table
 
-MAX_ASPECT_RATIO = 200  # the image processor refuses anything longer and thinner
 ROLES = {  # what each added token is for
     "<|endoftext|>": "end of a document in pre-training; the pad token",
     "<|im_start|>": "opens a chat turn; the role (system, user, assistant) follows",
@@ -152,22 +152,13 @@ def _image_processor(source):
     return image_processor
 
 
-def _check_size(height, width) -> None:
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (height, width)):
-        raise ValueError(f"image size {height!r} x {width!r}; expected two positive integers (height, width)")
-    ratio = max(height, width) / min(height, width)
-    if ratio > MAX_ASPECT_RATIO:
-        allowed = f"at most {MAX_ASPECT_RATIO} is allowed"
-        raise ValueError(f"image of {height} x {width} px has aspect ratio {ratio:.0f}; {allowed}")
-
-
 def resized_size(source, height: int, width: int) -> tuple[int, int]:
     """(H', W'): the size the image processor resizes an H x W image to (multiples of 28, area in range).
 
     >>> resized_size(spec, 480, 640)
     (476, 644)
     """
-    _check_size(height, width)
+    check_size(height, width)
     ip = _image_processor(source)
     factor = ip.patch_size * ip.merge_size  # 28: one token's side in pixels
     return smart_resize(height, width, factor, min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
@@ -179,7 +170,7 @@ def image_token_count(source, height: int, width: int) -> int:
     >>> image_token_count(spec, 1080, 1920)   # 1092 x 1932 px -> 39 x 69 tokens
     2691
     """
-    _check_size(height, width)
+    check_size(height, width)
     ip = _image_processor(source)
     return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
 
