@@ -16,8 +16,6 @@ def verdict(answer, expected, tolerance: float = 0.0) -> str:
     return "right" if answer == expected else "not right yet, try again"
 
 
-def check(number: int, answer, expected, tolerance: float = 0.0) -> str:
-    """Print and return the verdict on exercise ``number``."""
-    line = f"exercise {number}: {verdict(answer, expected, tolerance)}"
-    print(line)
-    return line
+def check(number: int, answer, expected, tolerance: float = 0.0) -> None:
+    """Print the verdict on exercise ``number``."""
+    print(f"exercise {number}: {verdict(answer, expected, tolerance)}")
