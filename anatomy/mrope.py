@@ -136,6 +136,8 @@ def vision_grid_figure(specimen, batch) -> Figure:
     figure = Figure(figsize=(5, 4), layout="constrained")
     axis = figure.subplots()
     shown = axis.scatter(w, h, c=t, cmap="viridis", s=40, marker="s")
+    axis.set_xticks(np.unique(w))
+    axis.set_yticks(np.unique(h))
     axis.invert_yaxis()
     axis.set(xlabel="width id", ylabel="height id", title="vision tokens on their grid")
     figure.colorbar(shown, ax=axis, label="time id")
