@@ -22,7 +22,8 @@ from matplotlib.patches import Patch
 from torch import nn
 
 from anatomy.sources import PUBLISHED_SIZES, load
-from anatomy.structure import Table, as_model, parts
+from anatomy.structure import parts
+from anatomy.tables import Table, as_model
 
 VISION_COMPONENTS = ("patch embedding", "vision blocks", "merger")
 COMPONENTS = (*VISION_COMPONENTS, "token embedding", "decoder layers", "final norm", "lm_head")

@@ -24,7 +24,7 @@ import torch
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from anatomy.resize import check_size
-from anatomy.structure import Table
+from anatomy.tables import Table
 
 ROLES = {  # what each added token is for
     "<|endoftext|>": "end of a document in pre-training; the pad token",

@@ -8,8 +8,6 @@ from torch import nn
 import anatomy
 from anatomy.structure import (
     CLASS_NOTES,
-    Table,
-    as_model,
     counterpart_table,
     counterparts,
     locate,
@@ -20,6 +18,7 @@ from anatomy.structure import (
     side_by_side,
     tree_text,
 )
+from anatomy.tables import Table, as_model
 
 
 @pytest.fixture(scope="module")
