@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from anatomy.gqa import check_heads, check_layers, decoder_layers
+from anatomy.windows import resized
 
 FLOAT_BYTES = 4  # probabilities are computed and kept in float32
 
@@ -259,12 +260,6 @@ def _known(value, captured: list, what: str):
     if value not in captured:
         raise ValueError(f"{what} {value!r} was not captured; captured {what}s: {captured}")
     return value
-
-
-def resized(image, grid_thw, patch: int = 14):
-    """The image at the size the processor resized it to: (grid_w*14) x (grid_h*14) pixels."""
-    _, h, w = (int(v) for v in grid_thw)
-    return image.resize((w * patch, h * patch), resample=3)  # 3: bicubic, as the processor
 
 
 def draw_over_image(axis, image, cells: torch.Tensor, grid_thw, title: str = "") -> None:

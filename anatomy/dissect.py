@@ -15,6 +15,7 @@ import torch
 from anatomy import figures
 from anatomy.capture import capture
 from anatomy.inputs import SEED_QUESTION, encode, load_image
+from anatomy.generation import answer_attention_figure
 from anatomy.merger import token_map_figure
 from anatomy.parameters import count_parameters
 from anatomy.patches import embedding_figure
@@ -50,7 +51,10 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     full_block = block_kinds(specimen.config.vision_config).index("full")
     with torch.no_grad(), capture(specimen, "*") as cache, recording(specimen, grid, full_block) as maps:
         specimen.model(**batch)
-    drawn = vision_figures(specimen, picture, grid, cache, maps) | {"residual_norms": figures.residual_norms(cache)}
+    drawn = vision_figures(specimen, picture, grid, cache, maps) | {
+        "residual_norms": figures.residual_norms(cache),
+        "answer_attention": answer_attention_figure(specimen, picture, batch),
+    }
     lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, batch).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:

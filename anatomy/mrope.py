@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from transformers.video_utils import VideoMetadata
 
 from anatomy.attention_maps import token_kinds
 
@@ -44,24 +43,6 @@ def rope_index(specimen, batch) -> tuple[torch.Tensor, torch.Tensor]:
             batch["input_ids"], batch.get("mm_token_type_ids", torch.zeros_like(batch["input_ids"])),
             **{key: batch.get(key) for key in keys},
         )
-
-
-def encode_video(specimen, frames, text: str = "What happens in this clip?", fps: float = 2.0,
-                 max_pixels: int = 56 * 56):
-    """Process a clip, (T, H, W, 3) uint8 or a list of PIL frames, sampled at ``fps`` frames per second.
-
-    Returns the model's kwargs with ``pixel_values_videos``, ``video_grid_thw`` (1, 3),
-    ``second_per_grid_ts`` (1,) = temporal_patch_size / fps, and ``mm_token_type_ids``.
-    """
-    clip = np.stack([np.asarray(frame.convert("RGB")) for frame in frames]) if isinstance(frames, list) else frames
-    if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
-        raise ValueError(f"clip of shape {clip.shape} and dtype {clip.dtype}; expected (T, H, W, 3) uint8")
-    messages = [{"role": "user", "content": [{"type": "video", "video": clip}, {"type": "text", "text": text}]}]
-    prompt = specimen.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    metadata = VideoMetadata(total_num_frames=len(clip), fps=fps, frames_indices=list(range(len(clip))))
-    options = dict(video_metadata=[metadata], do_sample_frames=False, size={"shortest_edge": 3136, "longest_edge": max_pixels})
-    batch = specimen.processor(text=[prompt], videos=[clip], return_tensors="pt", videos_kwargs=options)
-    return batch.to(specimen.device)
 
 
 def position_table(specimen, batch, rows: slice | None = None) -> list[dict]:

@@ -137,17 +137,21 @@ def video_plan(
     return VideoPlan(indices, (new_h, new_w), grid, TEMPORAL_PATCH_SIZE / sampled_fps)
 
 
-def encode_video(specimen, clip: Clip, text: str = "What moves in this video?", sample_fps: float = VIDEO_FPS):
+def encode_video(specimen, clip: Clip, text: str = "What moves in this video?", sample_fps: float = VIDEO_FPS,
+                 max_pixels: int | None = None):
     """The chat template and the video processor on ``clip``, sampling ``sample_fps`` frames a second.
 
-    Returns a ``BatchFeature``: ``input_ids`` (1, S), ``pixel_values_videos``
-    (patches, 1176), ``video_grid_thw`` (1, 3), ``second_per_grid_ts`` (1,), ...
+    ``max_pixels`` caps each frame's area (and lowers the floor to 4 merged tokens),
+    to keep a demonstration small. Returns a ``BatchFeature`` on the model's device:
+    ``input_ids`` (1, S), ``pixel_values_videos`` (patches, 1176), ``video_grid_thw`` (1, 3),
+    ``second_per_grid_ts`` (1,) = temporal_patch_size / sampled fps, ``mm_token_type_ids`` (1, S).
     """
     if not isinstance(clip, Clip):
         raise TypeError(f"clip is a {type(clip).__name__}; expected a Clip (e.g. moving_square())")
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     prompt = specimen.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return specimen.processor(
+    size = {} if max_pixels is None else {"size": {"shortest_edge": FACTOR * FACTOR * 4, "longest_edge": max_pixels}}
+    batch = specimen.processor(
         text=[prompt],
         videos=[clip.frames],
         video_metadata=[clip.metadata()],
@@ -155,7 +159,9 @@ def encode_video(specimen, clip: Clip, text: str = "What moves in this video?", 
         fps=sample_fps,
         cap_pixels_per_frame=True,  # the per-frame cap of qwen-vl-utils
         return_tensors="pt",
+        **size,
     )
+    return batch.to(specimen.device)
 
 
 def temporal_patch_figure(clip: Clip, plan: VideoPlan) -> Figure:

@@ -19,7 +19,7 @@ def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
     assert re.search(r"vision patches \(14x14 px\)\s+768\n", report)  # (336/14) * (448/14)
     assert "vision.merger.output" in report and "(192, 128)" in report
     names = ("resize_grid", "patch_embeddings", "vision_rotary", "windows", "vision_attention_block1",
-             "merged_tokens", "residual_norms")
+             "merged_tokens", "residual_norms", "answer_attention")
     assert sorted(path.stem for path in (tmp_path / "figures").iterdir()) == sorted(names)
     for name in names:
         with Image.open(tmp_path / "figures" / f"{name}.png") as figure:

@@ -6,7 +6,8 @@ import torch
 
 from anatomy.capture import capture
 from anatomy.inputs import demo_image, encode
-from anatomy.mrope import encode_video, frequency_axes, position_table, rope_index
+from anatomy.mrope import frequency_axes, position_table, rope_index
+from anatomy.video import Clip, encode_video
 
 
 def used_ids(specimen, batch):
@@ -25,7 +26,7 @@ def two_images(tiny):
 @pytest.fixture(scope="module")
 def clip_batch(tiny):
     clip = np.stack([np.asarray(demo_image(56, 56).rotate(10 * i)) for i in range(8)])
-    return encode_video(tiny, clip, fps=1.0)
+    return encode_video(tiny, Clip(clip, fps=1.0), sample_fps=1.0, max_pixels=56 * 56)
 
 
 def test_image_ids_equal_the_models_own_and_lie_on_the_grid(tiny, batch):
