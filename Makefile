@@ -28,7 +28,8 @@ notebooks: $(STAMP)
 	$(PY) -m pytest -q --nbval-lax notebooks
 
 bench: $(STAMP)
-	$(PY) benchmarks/capture_overhead.py
+	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
+	              benchmarks/attention_memory.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
