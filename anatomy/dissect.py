@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 
 from anatomy import figures
-from anatomy.capture import capture
-from anatomy.inputs import SEED_QUESTION, encode, load_image
+from anatomy.activations import capture
 from anatomy.generation import answer_attention_figure
+from anatomy.inputs import SEED_QUESTION, encode, load_image
 from anatomy.merger import token_map_figure
 from anatomy.parameters import count_parameters
 from anatomy.patches import embedding_figure
 from anatomy.resize import grid_figure, resize_plan
+from anatomy.sources import load
 from anatomy.vision_attention import patch_attention_figure, recording
 from anatomy.vision_rotary import rotary_figure
 from anatomy.windows import block_kinds, window_figure
-from anatomy.sources import load
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.capture import capture
+from anatomy.activations import capture
 from anatomy.gqa import decoder_layers
 
 

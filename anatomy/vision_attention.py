@@ -25,7 +25,7 @@ from matplotlib.patches import Rectangle
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
 
-from anatomy.capture import bare_model
+from anatomy.activations import bare_model
 from anatomy.sites import find_module
 from anatomy.windows import block_kinds, resized, windows
 

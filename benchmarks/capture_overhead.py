@@ -15,11 +15,11 @@ import statistics
 import time
 
 import torch
+from results import write_section
 
 import anatomy
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.inputs import demo_image, encode
-from results import write_section
 
 
 def timed(run, repeats: int) -> list[float]:

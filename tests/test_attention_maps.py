@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
 
 import anatomy
+from anatomy import capture
 from anatomy.attention_maps import (
     AttentionBudgetExceeded,
     attention_rows,
@@ -14,9 +16,7 @@ from anatomy.attention_maps import (
     token_kinds,
 )
 from anatomy.gqa import kv_head_of, sharing_matrix, split_heads
-from anatomy.capture import capture
 from anatomy.mrope import rope_index
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
 
 
 @pytest.fixture(scope="module")

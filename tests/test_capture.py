@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.inputs import demo_image, encode
 from anatomy.processor import CLIP_MEAN, CLIP_STD
 

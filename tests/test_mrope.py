@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.inputs import demo_image, encode
 from anatomy.mrope import frequency_axes, position_table, rope_index
 from anatomy.video import Clip, encode_video

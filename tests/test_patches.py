@@ -5,7 +5,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.inputs import demo_image, load_image
 from anatomy.patches import (
     conv_as_linear,

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 from qwen_vl_utils import vision_process as qwen_vl_utils
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.processor import MAX_PIXELS, MIN_PIXELS, offline_processor
 from anatomy.resize import ResizePlan, grid_figure, resize_image, resize_plan, token_budget
 

@@ -6,7 +6,7 @@ import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as modeling
 from transformers.vision_utils import get_vision_window_index
 
 import anatomy
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.inputs import demo_image, encode
 from anatomy.vision_attention import estimate_bytes, recording, vision_attention
 from anatomy.windows import block_kinds, windows

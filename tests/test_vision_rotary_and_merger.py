@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import anatomy
-from anatomy.capture import capture
+from anatomy import capture
 from anatomy.exercises import verdict
 from anatomy.merger import merge_by_hand, merge_groups, merger_shapes
 from anatomy.vision_rotary import axis_of_dimension, inverse_frequencies, rotation_angles
