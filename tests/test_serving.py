@@ -32,6 +32,7 @@ from anatomy.serving import (
     sample_image,
     seed_payload,
     vllm_command,
+    where_it_looked,
 )
 
 SEED_COMMAND = (  # the seed's first code block, verbatim
@@ -130,6 +131,14 @@ def test_bridge_count_is_the_processors_one_step_count(specimen, seed_messages):
     assert counted.local_tokens == len(inputs["input_ids"][0])
     assert counted.image_tokens == [(112 // 28) * (280 // 28)]  # the 280x112 image: 10x4 cells of 28 px
     assert counted.prompt.count("<|image_pad|>") == 1
+
+
+def test_where_it_looked_replays_the_request_over_its_image(specimen, seed_messages):
+    figure = where_it_looked(specimen, seed_messages, max_new_tokens=2)
+    assert figure.axes[0].images[0].get_array().shape[:2] == (112, 280)  # the 280x112 image, already 28-aligned
+    assert "answer" in figure._suptitle.get_text()
+    with pytest.raises(ValueError, match="no image_url item"):
+        where_it_looked(specimen, chat_messages(SEED_QUESTION), max_new_tokens=1)
 
 
 def test_server_down_is_one_clear_error(seed_messages):

@@ -6,12 +6,20 @@
   client, ``post_chat`` via plain HTTP), with one clear error per failure;
 - ``server``: ``LocalServer``, ``transformers serve`` on 127.0.0.1 on the CPU, always stopped;
 - ``vllm``: the GPU command, in the seed's form and the JSON form newer vLLM needs;
-- ``bridge``: the prompt the server sees and its token count, from the local processor.
+- ``bridge``: the prompt the server sees, its token count from the local processor, and
+  ``where_it_looked``: the same request replayed locally, the answer's attention over the image.
 
 Run ``python -m anatomy.serving`` to serve the default model until Ctrl-C.
 """
 
-from anatomy.serving.bridge import TokenBridge, bridge, processor_inputs, processor_messages, served_prompt
+from anatomy.serving.bridge import (
+    TokenBridge,
+    bridge,
+    processor_inputs,
+    processor_messages,
+    served_prompt,
+    where_it_looked,
+)
 from anatomy.serving.client import (
     ChatAnswer,
     ServerDownError,
@@ -65,4 +73,5 @@ __all__ = [
     "served_prompt",
     "video_url",
     "vllm_command",
+    "where_it_looked",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from transformers.image_utils import load_image
 
+from anatomy.generation import answer_attention_figure
 from anatomy.serving.client import ChatAnswer
 
 IMAGE_PAD = "<|image_pad|>"
@@ -103,3 +104,16 @@ def bridge(processor, messages: list[dict], answer: ChatAnswer | None = None) ->
         image_tokens=image_tokens,
         server_tokens=None if answer is None else answer.prompt_tokens,
     )
+
+
+def where_it_looked(specimen, messages: list[dict], max_new_tokens: int = 4):
+    """Replay a request locally and draw where the answer's tokens looked in its first image.
+
+    The same processor inputs as ``bridge`` go through ``specimen.model`` while its
+    decoder attention is recorded (``anatomy.generation``); returns a matplotlib Figure.
+    """
+    images = request_images(messages)
+    if not images:
+        raise ValueError("the request has no image_url item: there is nothing to look at")
+    inputs = processor_inputs(specimen.processor, messages).to(specimen.device)
+    return answer_attention_figure(specimen, images[0], inputs, max_new_tokens=max_new_tokens)
