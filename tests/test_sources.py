@@ -60,6 +60,9 @@ def test_a_saved_directory_loads_through_the_real_path(tiny, tmp_path, batch):
     with torch.no_grad():
         assert torch.equal(loaded.model(**batch).logits, tiny.model(**batch).logits)
     assert loaded.processor.tokenizer("Hello world").input_ids == [9707, 1879]
+    mapped = anatomy.load(str(tmp_path), dtype="float32", device_map="auto")  # accelerate places it (the CPU here)
+    with torch.no_grad():
+        assert torch.equal(mapped.model(**batch).logits, tiny.model(**batch).logits)
 
 
 def test_a_hub_id_missing_offline_says_what_to_do(monkeypatch):
