@@ -7,9 +7,12 @@
 torch.Size([768, 64])
 
 Hooks exist only inside the ``with`` block and are removed on every exit,
-exceptions and KeyboardInterrupt included. Captured tensors are detached
-copies, moved to ``device`` (default: the CPU, so a 7B on a GPU does not fill
-GPU memory) and optionally cast to ``dtype``.
+exceptions and KeyboardInterrupt included. Captured tensors are detached,
+moved to ``device`` (default: the CPU, so a 7B on a GPU does not fill GPU
+memory) and optionally cast to ``dtype``. A tensor that needs neither (a CPU
+model) is kept by reference, as TransformerLens and nnsight do: Qwen2.5-VL
+never modifies an activation in place after it is produced (tested), so the
+reference holds the value; ``copy=True`` forces a copy of every tensor.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def capture(
     device: str | torch.device | None = "cpu",
     dtype: torch.dtype | None = None,
     order: str = "raster",
+    copy: bool = False,
 ):
     """Hook ``sites`` of ``model`` for the duration of the block and yield the cache.
 
@@ -169,6 +173,8 @@ def capture(
         device: where captured copies go (``None``: stay on the model's device).
         dtype: cast captured copies to this dtype (``None``: keep).
         order: default order of vision sites: ``"raster"``, ``"window"`` or ``"model"``.
+        copy: copy tensors that already are on ``device`` in ``dtype`` (``False``: keep a
+            detached reference, which costs no time).
     """
     model = bare_model(model)
     chosen = resolve(model, sites)
@@ -177,7 +183,7 @@ def capture(
     try:
         handles += _hook_vision_calls(model, cache)
         for path, group in _by_module(chosen).items():
-            handles += _hook_module(model.get_submodule(path), group, cache, device, dtype)
+            handles += _hook_module(model.get_submodule(path), group, cache, device, dtype, copy)
         yield cache
     finally:
         for handle in handles:
@@ -200,13 +206,13 @@ def _hook_vision_calls(model: nn.Module, cache: ActivationCache) -> list:
     return [vision.register_forward_pre_hook(remember_grid, with_kwargs=True)]
 
 
-def _hook_module(module: nn.Module, sites: list[Site], cache: ActivationCache, device, dtype) -> list:
+def _hook_module(module: nn.Module, sites: list[Site], cache: ActivationCache, device, dtype, copy: bool) -> list:
     inputs = [site for site in sites if site.hook != "output"]
     outputs = [site for site in sites if site.hook == "output"]
 
     def keep(site: Site, value) -> None:
-        tensor = _first_tensor(value if site.part is None else value[site.part])
-        tensor = tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype, copy=True)
+        tensor = _first_tensor(value if site.part is None else value[site.part]).detach()
+        tensor = tensor.to(device=device or tensor.device, dtype=dtype or tensor.dtype, copy=copy)
         vision_call = len(cache.grid_thw) - 1 if site.order != NONE else None
         cache.records[site.name].append(Record(tensor, vision_call))
 

@@ -109,6 +109,19 @@ def test_generate_captures_one_step_per_forward(tiny, batch):
         cache["logits"]
 
 
+def test_references_hold_the_values_copies_would(tiny, batch):
+    """Qwen2.5-VL modifies no activation in place: a kept reference equals a copy taken at the hook."""
+    with torch.no_grad():
+        with capture(tiny, "*") as kept:
+            output = tiny.model(**batch)
+        with capture(tiny, "*", copy=True) as copied:
+            tiny.model(**batch)
+    assert kept["logits"].data_ptr() == output.logits.data_ptr()  # a reference, no copy
+    assert copied["logits"].data_ptr() != output.logits.data_ptr()
+    for name in copied:
+        assert torch.equal(kept.get(name, order="model"), copied.get(name, order="model")), name
+
+
 def test_copies_are_detached_and_cast(tiny, batch):
     cache, _ = run(tiny, batch, "decoder.layers.0.mlp", dtype=torch.float16, device=None)
     tensor = cache["decoder.layers.0.mlp"]
