@@ -11,7 +11,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     dissect = commands.add_parser("dissect", help="anatomy of one forward pass on an image")
     dissect.add_argument("image", help="path of the image to feed the model")
-    dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
+    dissect.add_argument("--model", default="tiny", help="'tiny' (default), a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
     dissect.add_argument("--text", default=None, help="the question (default: the seed's)")
     return parser

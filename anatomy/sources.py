@@ -1,6 +1,6 @@
 """Where a model comes from: one entry point, ``load``, for every source.
 
->>> spec = load("tiny")            # random, seeded, CPU, seconds
+>>> spec = load("tiny")            # random, seeded, CPU, under a second
 >>> spec = load("7B")              # the released 7B layout on the meta device, no weights
 >>> spec = load("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda")   # real weights
 
@@ -37,7 +37,7 @@ class Specimen:
         processor: the ``Qwen2_5_VLProcessor`` (tokenizer, chat template, image and video processors).
         source: what was asked for: ``"tiny"``, ``"7B"``, a hub id or a directory.
         kind: ``"tiny"`` (random weights), ``"skeleton"`` (meta device, no weights),
-            ``"pretrained"`` (weights from a hub id or directory) or ``"toy"`` (trained here).
+            or ``"pretrained"`` (weights from a hub id or directory).
     """
 
     model: Qwen2_5_VLForConditionalGeneration
@@ -97,8 +97,8 @@ def load(
     """Load a Qwen2.5-VL from any source.
 
     Args:
-        source: ``"tiny"`` (random, seeded), ``"toy"`` (trained on the CPU here),
-            ``"3B"``/``"7B"``/``"32B"``/``"72B"`` (skeletons on the meta device),
+        source: ``"tiny"`` (random, seeded), ``"3B"``/``"7B"``/``"32B"``/``"72B"``
+            (skeletons on the meta device),
             or a hub id / local directory holding real weights.
         dtype: weight dtype. Default: bfloat16 on a GPU (fp16 overflows in these
             models), float32 on the CPU.
@@ -119,10 +119,6 @@ def load(
         return _skeleton(source, attn_implementation)
     if source == TINY:
         return _tiny(seed, _dtype(dtype, device), device, attn_implementation)
-    if source == "toy":
-        from anatomy.toy import load_toy
-
-        return load_toy(dtype=_dtype(dtype, device), device=device, attn_implementation=attn_implementation)
     return _pretrained(source, dtype, device, device_map, attn_implementation)
 
 
@@ -181,5 +177,5 @@ def _missing_message(source: str) -> str:
         f"no Qwen2.5-VL checkpoint at {source!r}: it is not a local directory with a config.json, "
         f"and it is not in {where}. Download it where there is internet, e.g. "
         f"`hf download {source} --local-dir ./{Path(source).name}`, then load('./{Path(source).name}'); "
-        f"or use a source that needs no weights: 'tiny', 'toy', {', '.join(repr(s) for s in PUBLISHED_SIZES)}."
+        f"or use a source that needs no weights: 'tiny', {', '.join(repr(s) for s in PUBLISHED_SIZES)}."
     )
