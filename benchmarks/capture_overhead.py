@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for name, specimen in (("tiny", anatomy.load("tiny")), ("wider", wider())):
         batch = encode(specimen, demo_image(448, 336))
         (base, kept, copied), sites = median_seconds(specimen, batch, args.repeats)
@@ -85,7 +86,9 @@ def main() -> None:
         f"One 448x336 image (768 patches, 221 prompt tokens), float32, CPU; median of {args.repeats} "
         "interleaved runs; capture of every site.\n\n"
         "| model | sites | plain forward (s) | + capture (s) | overhead ratio | + capture, copy=True (s) | ratio |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nTarget: overhead ratio <= 1.10."
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nTarget: overhead ratio <= 1.10. "
+        f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after the runs "
+        "(above 0 means other processes shared the cores; interleaving keeps the ratio fair)."
     )
     write_section("Capture overhead", body)
     print(body)
