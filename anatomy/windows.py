@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from transformers.vision_utils import get_vision_window_index
 
+from anatomy.inputs import load_image
 from anatomy.order import processor_to_raster
 
 PATCH = 14
@@ -88,10 +89,11 @@ def _boxes(window: np.ndarray) -> np.ndarray:
     return np.array(boxes)
 
 
-def resized(image: Image.Image, grid_thw) -> Image.Image:
-    """The image at the size the processor resized it to: (h*14, w*14) px for grid (t, h, w)."""
+def resized(image, grid_thw) -> Image.Image:
+    """The image (a PIL image, path or (H, W, 3) array) at the size the processor resized it to:
+    (h*14, w*14) px for grid (t, h, w)."""
     _, rows, cols = _one_grid(grid_thw)
-    return image.convert("RGB").resize((cols * PATCH, rows * PATCH), Image.BICUBIC)
+    return load_image(image).resize((cols * PATCH, rows * PATCH), Image.BICUBIC)
 
 
 def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:

@@ -1,0 +1,114 @@
+"""Has the toy model learned to look? Held-out accuracy, and where the answer's attention goes.
+
+The *answer position* is the last prompt token (the ``\\n`` after
+``<|im_start|>assistant``): its output is the answer. At every decoder layer
+we take its attention to the 16 image tokens (mean over heads) and split it
+by what each token's 28x28-px cell holds: the *target* (the object(s) the
+question is about), the *distractors* (the other objects), the *background*.
+Each share is divided by the number of cells it covers, so the three numbers
+are attention per unit of area (one cell), comparable however many objects
+a picture holds. A model that looks has target >> distractors.
+
+>>> report = evaluate(load("toy"), n=100)            # doctest: +SKIP
+>>> report.accuracy                                  # {"colour": 1.0, "where": 0.99, "count": 0.98}
+>>> report.per_area[:, 0] / report.per_area[:, 1]    # target / distractor, one ratio per layer
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anatomy.toy.encode import encode
+from anatomy.toy.task import QUESTION_TYPES, Sample, sample
+
+REGIONS = ("target", "distractors", "background")
+
+
+@dataclass
+class Report:
+    """Evaluation of one model on ``n`` held-out samples.
+
+    Attributes:
+        accuracy: question type -> fraction answered right (argmax over the full vocabulary).
+        per_area: ``(layers, 3)``: mean attention per cell of the answer position on
+            target / distractors / background, averaged over the samples.
+        n: number of samples.
+        per_area_by_kind: question type -> its own ``(layers, 3)`` average.
+    """
+
+    accuracy: dict[str, float]
+    per_area: np.ndarray
+    n: int
+    per_area_by_kind: dict[str, np.ndarray]
+
+    @property
+    def ratios(self) -> np.ndarray:
+        """Target over distractor attention per cell, one number per decoder layer ``(layers,)``."""
+        return self.per_area[:, 0] / self.per_area[:, 1]
+
+    def ratios_by_kind(self) -> dict[str, np.ndarray]:
+        """``ratios`` of each question type alone."""
+        return {kind: area[:, 0] / area[:, 1] for kind, area in self.per_area_by_kind.items()}
+
+
+def held_out(n: int, seed: int = 0) -> list[Sample]:
+    """The first ``n`` samples of the test split: never seen in training (that uses the train split)."""
+    if n < len(QUESTION_TYPES):
+        raise ValueError(f"n={n}: need at least {len(QUESTION_TYPES)} samples, one per question type")
+    return [sample(seed, "test", i) for i in range(n)]
+
+
+def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Report:
+    """Accuracy per question type and attention per area on ``n`` held-out samples, with eager attention."""
+    samples = held_out(n, seed)
+    hits, shares = [], []
+    with eager(specimen.model), torch.no_grad():
+        for start in range(0, n, batch_size):
+            chunk = samples[start : start + batch_size]
+            batch = encode(chunk, specimen.processor)
+            labels = batch.pop("labels")
+            out = specimen.model(**batch, output_attentions=True, logits_to_keep=1)
+            hits += (out.logits[:, -1].argmax(-1) == labels).tolist()
+            shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config))
+    kinds = np.array([s.kind for s in samples])
+    accuracy = {k: float(np.mean(np.array(hits)[kinds == k])) for k in QUESTION_TYPES}
+    shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
+    by_kind = {k: shares[:, kinds == k].mean(axis=1) for k in QUESTION_TYPES}
+    return Report(accuracy, shares.mean(axis=1), n, by_kind)
+
+
+def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample], config) -> np.ndarray:
+    """Attention per cell of the last position on each region, ``(layers, B, 3)``.
+
+    ``attentions``: one ``(B, heads, L, L)`` tensor per decoder layer; ``input_ids`` ``(B, L)``.
+    """
+    is_image = input_ids == config.image_token_id  # (B, L), 16 per row, in raster order
+    per_cell = torch.stack([a[:, :, -1].mean(1)[is_image].view(len(samples), -1) for a in attentions])
+    regions = torch.from_numpy(np.stack([region_map(s) for s in samples]))  # (B, 16): 0, 1 or 2
+    onehot = torch.nn.functional.one_hot(regions, len(REGIONS)).float()  # (B, 16, 3)
+    mass = torch.einsum("lbc,bcr->lbr", per_cell.float(), onehot)  # (layers, B, 3)
+    return (mass / onehot.sum(1).clamp(min=1)).numpy()
+
+
+def region_map(s: Sample) -> np.ndarray:
+    """What each cell holds, raster order ``(16,)``: 0 target, 1 distractor, 2 background.
+
+    >>> region_map(sample(0, "train", 0)).reshape(4, 4)     # doctest: +SKIP
+    """
+    cells = s.scene.cells().reshape(-1)
+    return np.where(cells < 0, 2, np.where(np.isin(cells, s.target), 0, 1))
+
+
+@contextmanager
+def eager(model):
+    """Switch ``model`` to eager attention (which can return its weights), and back on exit."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)

@@ -1,0 +1,77 @@
+"""Figures of the toy's evidence: where the answer looks, on average and picture by picture.
+
+>>> grounding_figure({"trained": evaluate(toy, n=60), "random init": evaluate(untrained_toy(), n=60)})
+>>> looking_figure(toy, [sample(0, "test", i) for i in range(6)])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from anatomy import attention_maps as am
+from anatomy.inputs import encode
+from anatomy.toy.evaluate import REGIONS, Report
+from anatomy.toy.shapes import CELL, IMAGE_SIZE
+from anatomy.toy.task import Sample
+
+REGION_COLOURS = {"target": "tab:red", "distractors": "tab:blue", "background": "tab:gray"}
+
+
+def grounding_figure(reports: dict[str, Report]) -> Figure:
+    """Attention per cell on target / distractors / background, one panel per model, bars per decoder layer."""
+    if not reports:
+        raise ValueError("need at least one report, e.g. {'trained': evaluate(toy)}")
+    figure = Figure(figsize=(4.2 * len(reports), 3.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(reports), sharey=True))
+    for axis, (name, report) in zip(axes, reports.items()):
+        layers = np.arange(len(report.per_area))
+        for r, region in enumerate(REGIONS):
+            axis.bar(layers + (r - 1) * 0.27, report.per_area[:, r], 0.27, color=REGION_COLOURS[region], label=region)
+        for layer, ratio in zip(layers, report.ratios):
+            axis.annotate(f"x{ratio:.1f}", (layer, report.per_area[layer].max()), ha="center", va="bottom", fontsize=9)
+        axis.set(title=f"{name} (n={report.n})", xlabel="decoder layer", xticks=layers)
+        axis.margins(y=0.12)
+    axes[0].set_ylabel("attention per cell (answer position)")
+    axes[0].legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def looking_figure(specimen, samples: list[Sample], layer: int | None = None, columns: int = 3) -> Figure:
+    """Each picture beside the answer position's attention to its 4x4 cells in ``layer`` (default: the last).
+
+    Heads are averaged; the asked-about objects are outlined in green in both panels; each title
+    gives the question and the model's answer (the argmax over the whole vocabulary).
+    """
+    if not samples:
+        raise ValueError("need at least one sample, e.g. [sample(0, 'test', 0)]")
+    layer = specimen.config.text_config.num_hidden_layers - 1 if layer is None else layer
+    columns = min(columns, len(samples))
+    rows = -(-len(samples) // columns)
+    figure = Figure(figsize=(4.4 * columns, 2.6 * rows), layout="constrained")
+    panels = figure.subfigures(rows, columns, squeeze=False).reshape(-1)
+    for panel, s in zip(panels, samples):
+        cells, answer = _answer_attention(specimen, s, layer)
+        mark = "right" if answer.strip() == s.answer else f"wrong, expected {s.answer!r}"
+        picture_axis, map_axis = panel.subplots(1, 2)
+        picture_axis.imshow(s.scene.pixels())
+        shown = map_axis.imshow(cells, cmap="inferno", vmin=0, extent=(0, IMAGE_SIZE, IMAGE_SIZE, 0))
+        panel.colorbar(shown, ax=map_axis, shrink=0.8)
+        for axis in (picture_axis, map_axis):
+            axis.set(xticks=[], yticks=[])
+            for i in s.target:
+                thing = s.scene.things[i]
+                axis.add_patch(Rectangle((thing.col * CELL, thing.row * CELL), CELL, CELL, fill=False, ec="lime", lw=2))
+        panel.suptitle(f"{s.question}\n-> {answer!r} ({mark})", fontsize=9)
+    figure.suptitle(f"attention of the answer position to the image, decoder layer {layer}, heads averaged")
+    return figure
+
+
+def _answer_attention(specimen, s: Sample, layer: int) -> tuple[np.ndarray, str]:
+    """The answer position's head-mean attention on each cell ``(4, 4)``, and the model's answer token."""
+    batch = encode(specimen, s.scene.pixels(), s.question)
+    attention, output = am.attention_rows(specimen, batch, layers=[layer], reduce="mean")
+    kinds = am.token_kinds(specimen.config, batch["input_ids"])
+    cells = am.image_map(attention, kinds, batch["image_grid_thw"].cpu())
+    return cells.float().numpy(), specimen.processor.tokenizer.decode(int(output.logits[0, -1].argmax()))

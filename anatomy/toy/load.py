@@ -1,0 +1,66 @@
+"""``load_toy``: the trained toy Qwen2.5-VL, trained on first use and cached.
+
+>>> spec = load_toy()            # first call: trains (~4 min on 2 CPU cores), later calls: ~1 s
+>>> spec.kind
+'toy'
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from anatomy.processor import offline_processor
+from anatomy.sources import ATTENTION_KERNELS, Specimen
+from anatomy.toy.cache import CacheError, cache_dir, discard, save, verify
+from anatomy.toy.training import Recipe, initial_model, toy_config, train
+
+
+def load_toy(
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    recipe: Recipe = Recipe(),
+    retrain: bool = False,
+    progress: bool = True,
+) -> Specimen:
+    """The toy model trained with ``recipe``: from the cache if it verifies, else trained now and cached.
+
+    A cache whose files do not match their manifest is reported (a warning), removed and retrained.
+    ``retrain=True`` trains anew even over a good cache.
+    """
+    if attn_implementation not in ATTENTION_KERNELS:
+        raise ValueError(f"attn_implementation={attn_implementation!r}; expected one of {ATTENTION_KERNELS}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be an anatomy.toy.Recipe, got {type(recipe).__name__}")
+    directory = ensure_trained(recipe, retrain=retrain, progress=progress)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        directory, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return Specimen(model.to(device or "cpu").eval(), "toy", "toy")
+
+
+def untrained_toy(recipe: Recipe = Recipe()) -> Specimen:
+    """The toy model as ``recipe`` starts it, before any training: the random baseline of the evaluation."""
+    return Specimen(initial_model(toy_config(), recipe.seed).eval(), "toy (untrained)", "tiny")
+
+
+def ensure_trained(recipe: Recipe = Recipe(), retrain: bool = False, progress: bool = True) -> Path:
+    """The verified cache directory of ``recipe``, training the model first if needed."""
+    directory = cache_dir(recipe)
+    if directory.exists() and not retrain:
+        try:
+            verify(directory)
+            return directory
+        except CacheError as error:
+            warnings.warn(f"discarding the toy model cache and retraining: {error}", stacklevel=3)
+    if directory.exists():
+        discard(directory)
+    start = time.perf_counter()
+    model = train(toy_config(), recipe, offline_processor(), progress=progress)
+    save(model, directory, recipe, train_seconds=round(time.perf_counter() - start, 1))
+    return directory

@@ -1,0 +1,338 @@
+"""The toy model: its task, its inputs, its cache, its training, and (when trained) its evidence.
+
+The last test needs the trained toy: it runs when a verified cache exists or
+``ANATOMY_TOY_TRAIN=1`` allows training it here (about 3 minutes on 2 cores).
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from anatomy.processor import offline_processor
+from anatomy.toy import CACHE_ENV, CacheError, Recipe, cache_dir, load_toy, toy_config, train, untrained_toy
+from anatomy.toy.cache import MANIFEST, save, verify
+from anatomy.toy.encode import (
+    answer_token,
+    conversation,
+    encode,
+    encode_conversations,
+    prompt_text,
+)
+from anatomy.toy.evaluate import evaluate, region_attention, region_map
+from anatomy.toy.shapes import BACKGROUND_RAMP, CELL, GRID, SHAPES, background
+from anatomy.toy.task import ANSWERS, QUESTION_TYPES, Scene, Thing, questions, sample
+
+TINY_RECIPE = Recipe(steps=2, scenes=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return offline_processor()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+def test_samples_are_a_function_of_seed_split_index():
+    assert sample(0, "train", 7) == sample(0, "train", 7)
+    assert np.array_equal(sample(0, "train", 7).scene.pixels(), sample(0, "train", 7).scene.pixels())
+    assert sample(0, "train", 7) != sample(1, "train", 7)
+    assert sample(0, "train", 7) != sample(0, "test", 7)
+    assert [sample(0, "test", i).kind for i in range(6)] == list(QUESTION_TYPES) * 2
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="split='valid'"):
+        sample(0, "valid", 0)
+    with pytest.raises(ValueError, match="index=-1"):
+        sample(0, "train", -1)
+
+
+def test_questions_are_well_posed():
+    for i in range(300):
+        for q in questions(0, "train", i):
+            things = q.scene.things
+            shape = things[q.target[0]].shape
+            assert len({t.colour for t in things}) == len(things)  # every object its own colour
+            assert len({(t.row, t.col) for t in things}) == len(things)  # and its own cell
+            assert shape in q.question and q.answer in ANSWERS[q.kind]
+            if q.kind == "count":
+                assert q.target == tuple(j for j, t in enumerate(things) if t.shape == shape)
+                assert q.answer == str(len(q.target))
+            elif q.kind == "colour":
+                assert len(q.target) == 1 and sum(t.shape == shape for t in things) == 1
+            else:  # where: named by colour (unique) and shape
+                assert len(q.target) == 1 and things[q.target[0]].colour in q.question
+
+
+@pytest.mark.parametrize("kind", QUESTION_TYPES)
+def test_every_answer_is_the_one_token_the_processor_produces(processor, kind):
+    for answer in ANSWERS[kind]:
+        prompt = prompt_text(processor, "How many circles are there?")
+        ids = processor.tokenizer(prompt + answer + "<|im_end|>").input_ids
+        assert ids[len(processor.tokenizer(prompt).input_ids) :] == [answer_token(processor, answer), 151645]
+
+
+def test_each_object_stays_inside_its_cell():
+    for shape in SHAPES:
+        for dy, dx in [(-2, -2), (2, 2), (-2, 2)]:
+            pixels = Scene((Thing(shape, "red", 1, 2, (dy, dx)),)).pixels()
+            changed = np.argwhere((pixels != background()).any(-1))
+            rows, cols = changed[:, 0] // CELL, changed[:, 1] // CELL
+            assert len(changed) > 100 and set(rows) == {1} and set(cols) == {2}
+
+
+def test_a_cell_is_exactly_one_merged_image_token(processor):
+    """Against the real processor: an object in cell (r, c) changes the 4 patches of token r * 4 + c only."""
+    empty = processor.image_processor(images=[background().copy()], return_tensors="pt")["pixel_values"]
+    for row, col in [(0, 0), (1, 3), (3, 2)]:
+        picture = Scene((Thing("square", "blue", row, col),)).pixels()
+        patches = processor.image_processor(images=[picture], return_tensors="pt")["pixel_values"]
+        changed = (patches != empty).any(-1).nonzero().flatten() // 4  # 4 patches per merged token
+        assert set(changed.tolist()) == {row * GRID + col}
+
+
+def test_region_map_follows_the_cells():
+    q = sample(0, "test", 2)  # a count question
+    regions = region_map(q).reshape(GRID, GRID)
+    for i, t in enumerate(q.scene.things):
+        assert regions[t.row, t.col] == (0 if i in q.target else 1)
+    assert (regions == 2).sum() == GRID * GRID - len(q.scene.things)
+
+
+def test_background_ramps_right_and_down():
+    picture = background().astype(int)
+    assert (picture[0, 0] == 255).all()
+    assert picture[0, -1, 0] == 255 - BACKGROUND_RAMP and picture[-1, 0, 1] == 255 - BACKGROUND_RAMP
+
+
+def test_encode_matches_the_processor(processor):
+    samples = [sample(0, "train", i) for i in range(4)]
+    texts = [prompt_text(processor, s.question) for s in samples]
+    pictures = [s.scene.pixels() for s in samples]
+    reference = processor(text=texts, images=pictures, padding=True, padding_side="left", return_tensors="pt")
+    ours = encode(samples, processor)
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key
+
+
+def test_conversations_match_the_processor(processor):
+    chats = [questions(0, "train", i) for i in range(3)]
+    texts = [processor.apply_chat_template(conversation(c), add_generation_prompt=True, tokenize=False) for c in chats]
+    pictures = [c[0].scene.pixels() for c in chats]
+    reference = processor(text=texts, images=pictures, padding=True, padding_side="left", return_tensors="pt")
+    ours = encode_conversations(chats, processor)
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key
+    after = ours["input_ids"].gather(1, (ours["answer_positions"][:, :-1] + 1))  # the answers sit right after
+    assert torch.equal(after, ours["labels"][:, :-1])
+
+
+def test_short_training_is_reproducible_bit_for_bit(processor):
+    first = train(toy_config(), TINY_RECIPE, processor, progress=False).state_dict()
+    second = train(toy_config(), TINY_RECIPE, processor, progress=False).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], third) for k, third in _initial_state().items())
+
+
+def test_fast_training_computes_what_the_stock_modules_compute(processor):
+    """Vision tower output and every gradient, with and without the shortcuts; the stock forwards come back."""
+    from anatomy.toy.kernels import fast_training
+    from anatomy.toy.training import _batch, initial_model
+
+    model = initial_model(toy_config(), 0).train()
+    batch = _batch(Recipe(scenes=3), 0, processor)
+    visual = model.model.visual
+
+    def run():
+        visual.zero_grad()
+        out = visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in visual.parameters()]
+
+    stock = run()
+    with fast_training(model):
+        assert "forward" in vars(visual.patch_embed) and "forward" in vars(visual.blocks[0].attn)
+        fast = run()
+    assert torch.allclose(fast[0], stock[0], rtol=1e-5, atol=1e-5)
+    for ours, reference in zip(fast[1], stock[1]):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6 * reference.abs().max())
+    assert "forward" not in vars(visual.patch_embed) and not any("forward" in vars(b.attn) for b in visual.blocks)
+
+
+def test_fast_training_leaves_unequal_windows_to_the_stock_loop():
+    """A 140x112 picture has windows of 16 and 8 patches: the shortcut must not batch them."""
+    from anatomy.toy.kernels import fast_training
+    from anatomy.toy.training import initial_model
+
+    model = initial_model(toy_config(), 0).eval()
+    pixels = offline_processor().image_processor(images=[np.zeros((112, 140, 3), np.uint8)], return_tensors="pt")
+    with torch.no_grad():
+        stock = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+        with fast_training(model):
+            fast = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+    assert torch.allclose(fast, stock, atol=1e-5)
+
+
+def _initial_state():
+    from anatomy.toy.training import initial_model
+
+    return initial_model(toy_config(), TINY_RECIPE.seed).state_dict()
+
+
+def test_cache_is_written_whole_then_loaded_verified(cache):
+    spec = load_toy(recipe=TINY_RECIPE, progress=False)
+    directory = cache_dir(TINY_RECIPE)
+    assert directory.parent == cache and spec.kind == "toy"
+    assert sorted(p.name for p in cache.iterdir()) == [directory.name]  # no partial directories left
+    manifest = verify(directory)
+    assert MANIFEST not in manifest["files"] and "model.safetensors" in manifest["files"]
+    again = load_toy(recipe=TINY_RECIPE, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(spec.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_a_corrupted_cache_is_detected_and_retrained(cache):
+    load_toy(recipe=TINY_RECIPE, progress=False)
+    weights = cache_dir(TINY_RECIPE) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="does not match its sha256"):
+        verify(cache_dir(TINY_RECIPE))
+    with pytest.warns(UserWarning, match="retraining"):
+        load_toy(recipe=TINY_RECIPE, progress=False)
+    verify(cache_dir(TINY_RECIPE))
+    assert sorted(p.name for p in cache.iterdir()) == [cache_dir(TINY_RECIPE).name]
+
+
+def test_a_cache_without_manifest_is_not_a_cache(cache):
+    directory = cache_dir(TINY_RECIPE)
+    directory.mkdir(parents=True)
+    (directory / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(CacheError, match="no manifest.json"):
+        verify(directory)
+
+
+def test_saving_over_a_finished_cache_keeps_it(cache, processor):
+    model = train(toy_config(), TINY_RECIPE, processor, progress=False)
+    first = save(model, cache_dir(TINY_RECIPE), TINY_RECIPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = save(model, cache_dir(TINY_RECIPE), TINY_RECIPE)
+    assert first["files"] == second["files"]
+    assert sorted(p.name for p in cache.iterdir()) == [cache_dir(TINY_RECIPE).name]
+
+
+def _trained_toy_available() -> bool:
+    try:
+        verify(cache_dir(Recipe()))
+        return True
+    except CacheError:
+        return os.environ.get("ANATOMY_TOY_TRAIN") == "1"
+
+
+@pytest.mark.skipif(not _trained_toy_available(), reason="no verified toy cache; set ANATOMY_TOY_TRAIN=1 to train it")
+def test_the_trained_toy_answers_and_looks_at_the_target():
+    report = evaluate(load_toy(), n=300)
+    assert min(report.accuracy.values()) >= 0.95, report.accuracy
+    assert report.ratios.max() >= 3, report.ratios
+
+
+def test_region_attention_divides_by_area():
+    """All of the last position's attention on one target cell -> target per cell 1, the rest 0."""
+    q = sample(0, "test", 2)
+    config = toy_config()
+    length = 20
+    ids = torch.zeros(1, length, dtype=torch.long)
+    ids[0, 2:18] = config.image_token_id  # 16 image tokens at positions 2..17
+    first = q.scene.things[q.target[0]]
+    weights = torch.zeros(1, 2, length, length)
+    weights[0, :, -1, 2 + first.row * GRID + first.col] = 1.0
+    shares = region_attention([weights], ids, [q], config)  # (layers, B, 3)
+    assert np.allclose(shares[0, 0], [1 / len(q.target), 0, 0])
+
+
+def test_main_toy_path_prints_the_cache_directory(cache, capsys):
+    from anatomy.toy import main_toy
+
+    assert main_toy(["path", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache_dir(Recipe(seed=3)))
+    with pytest.raises(SystemExit):
+        main_toy(["fly"])
+
+
+def _eager_output(batch):
+    """The untrained toy's output with eager attention and ``output_attentions``: the reference."""
+    spec = untrained_toy()
+    spec.model.set_attn_implementation("eager")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return spec.model(**inputs, output_attentions=True)
+
+
+def test_report_by_kind_averages_its_own_samples():
+    """Each question type's (layers, 3) average equals the regions of that type's samples alone."""
+    spec = untrained_toy()
+    report = evaluate(spec, n=6, batch_size=4)
+    samples = [sample(0, "test", i) for i in range(6)]
+    for kind in QUESTION_TYPES:
+        alone = [s for s in samples if s.kind == kind]
+        batch = encode(alone, spec.processor)
+        out = _eager_output(batch)
+        expected = region_attention(out.attentions, batch["input_ids"], alone, spec.config).mean(axis=1)
+        assert np.allclose(report.per_area_by_kind[kind], expected, atol=1e-6)
+        assert np.allclose(report.ratios_by_kind()[kind], expected[:, 0] / expected[:, 1], atol=1e-5)
+
+
+def test_looking_figure_draws_eager_attention_and_the_model_answer():
+    from anatomy.toy.figures import _answer_attention, looking_figure
+
+    spec = untrained_toy()
+    s = sample(0, "test", 0)
+    cells, answer = _answer_attention(spec, s, layer=1)
+    batch = encode([s], spec.processor)
+    out = _eager_output(batch)
+    row = out.attentions[1][0, :, -1].mean(0)  # heads averaged, last position
+    expected = row[batch["input_ids"][0] == spec.config.image_token_id].view(GRID, GRID)
+    assert np.allclose(cells, expected.numpy(), atol=1e-6)
+    assert answer == spec.processor.tokenizer.decode(int(out.logits[0, -1].argmax()))
+    figure = looking_figure(spec, [s, sample(0, "test", 1)], columns=2)
+    assert len(figure.subfigs) == 2 and all(len(f.axes) == 3 for f in figure.subfigs)  # picture, map, colour bar
+
+
+def test_grounding_figure_draws_the_report():
+    from anatomy.toy.evaluate import Report
+    from anatomy.toy.figures import grounding_figure
+
+    per_area = np.array([[0.3, 0.1, 0.05], [0.6, 0.2, 0.1]])
+    report = Report({"colour": 1.0}, per_area, 10, {"colour": per_area})
+    figure = grounding_figure({"a": report})
+    heights = sorted(p.get_height() for p in figure.axes[0].patches)
+    assert np.allclose(heights, sorted(per_area.reshape(-1)))
+    with pytest.raises(ValueError, match="at least one report"):
+        grounding_figure({})
+
+
+def test_anatomy_load_toy_passes_the_seed_as_the_recipe(monkeypatch):
+    import anatomy
+    import anatomy.toy
+
+    calls = []
+    monkeypatch.setattr(anatomy.toy, "load_toy", lambda *args, **kwargs: calls.append((args, kwargs)) or "loaded")
+    assert anatomy.load("toy", seed=5, attn_implementation="eager") == "loaded"
+    ((args, kwargs),) = calls
+    assert args == (torch.float32, None, "eager") and kwargs == {"recipe": Recipe(seed=5)}
+
+
+def test_python_m_anatomy_toy_reaches_the_toy_commands(cache, capsys):
+    from anatomy.__main__ import main
+
+    assert main(["toy", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache_dir(Recipe()))
