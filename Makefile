@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv lab test unit notebooks bench clean
+.PHONY: venv toy lab test unit notebooks bench clean
 
 venv: $(STAMP)
 
@@ -18,20 +18,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[lab,test]'
 	touch $(STAMP)
 
-lab: $(STAMP)
+# The notebooks' default model, trained here on the first run (about 3 minutes on 2 cores)
+# and cached in $$ANATOMY_CACHE (default ~/.cache/anatomy); later runs check the cache's hashes.
+toy: $(STAMP)
+	$(PY) -m anatomy toy ensure
+
+lab: toy
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 test: unit notebooks
 
-unit: $(STAMP)
+unit: toy
 	$(PY) -m pytest -q tests
 
-notebooks: $(STAMP)
+notebooks: toy
 	$(PY) -m pytest -q --nbval-lax notebooks
 
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
-	              benchmarks/attention_memory.py; do $(PY) $$script || exit 1; done
+	              benchmarks/attention_memory.py benchmarks/toy_training.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

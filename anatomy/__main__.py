@@ -1,4 +1,8 @@
-"""Command line: ``python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR]``."""
+"""Command line.
+
+python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION]
+python -m anatomy toy train|path|evaluate [--seed N] [--n N]
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     dissect = commands.add_parser("dissect", help="anatomy of one forward pass on an image")
     dissect.add_argument("image", help="path of the image to feed the model")
-    dissect.add_argument("--model", default="tiny", help="'tiny' (default), a hub id or a directory")
+    dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
     dissect.add_argument("--text", default=None, help="the question (default: the seed's)")
+    commands.add_parser(
+        "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["toy"]:
+        from anatomy.toy import main_toy
+
+        return main_toy(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "dissect":
         from anatomy.dissect import dissect

@@ -40,7 +40,7 @@ def token_counts(specimen, batch) -> dict[str, int]:
     }
 
 
-def dissect(image, source: str = "tiny", out: str | Path | None = None, text: str = SEED_QUESTION) -> str:
+def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = SEED_QUESTION) -> str:
     """Run one captured forward pass; return the report, and save figures under ``out``."""
     specimen = load(source)
     if not specimen.has_weights:

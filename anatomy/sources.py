@@ -1,5 +1,6 @@
 """Where a model comes from: one entry point, ``load``, for every source.
 
+>>> spec = load("toy")             # trained here on coloured shapes (~3 min once, then cached)
 >>> spec = load("tiny")            # random, seeded, CPU, under a second
 >>> spec = load("7B")              # the released 7B layout on the meta device, no weights
 >>> spec = load("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda")   # real weights
@@ -25,6 +26,7 @@ from anatomy.processor import offline_processor
 
 PUBLISHED_SIZES = ("3B", "7B", "32B", "72B")
 TINY = "tiny"
+TOY = "toy"
 ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -35,9 +37,9 @@ class Specimen:
     Attributes:
         model: the ``Qwen2_5_VLForConditionalGeneration``.
         processor: the ``Qwen2_5_VLProcessor`` (tokenizer, chat template, image and video processors).
-        source: what was asked for: ``"tiny"``, ``"7B"``, a hub id or a directory.
-        kind: ``"tiny"`` (random weights), ``"skeleton"`` (meta device, no weights),
-            or ``"pretrained"`` (weights from a hub id or directory).
+        source: what was asked for: ``"toy"``, ``"tiny"``, ``"7B"``, a hub id or a directory.
+        kind: ``"toy"`` (trained here on the shapes task), ``"tiny"`` (random weights),
+            ``"skeleton"`` (meta device, no weights), or ``"pretrained"`` (weights from a hub id or directory).
     """
 
     model: Qwen2_5_VLForConditionalGeneration
@@ -86,7 +88,7 @@ def shipped_config(name: str, attn_implementation: str = "sdpa") -> Qwen2_5_VLCo
 
 
 def load(
-    source: str = TINY,
+    source: str = TOY,
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
@@ -97,8 +99,9 @@ def load(
     """Load a Qwen2.5-VL from any source.
 
     Args:
-        source: ``"tiny"`` (random, seeded), ``"3B"``/``"7B"``/``"32B"``/``"72B"``
-            (skeletons on the meta device),
+        source: ``"toy"`` (the default: trained on the CPU on first use, then cached;
+            see ``anatomy.toy``), ``"tiny"`` (random, seeded),
+            ``"3B"``/``"7B"``/``"32B"``/``"72B"`` (skeletons on the meta device),
             or a hub id / local directory holding real weights.
         dtype: weight dtype. Default: bfloat16 on a GPU (fp16 overflows in these
             models), float32 on the CPU.
@@ -106,7 +109,8 @@ def load(
         device_map: for real weights, an accelerate device map (``"auto"`` spreads
             the model over several GPUs); excludes ``device``.
         attn_implementation: attention kernel, one of ``ATTENTION_KERNELS``.
-        seed: seed of the random weights of ``"tiny"``.
+        seed: seed of the random weights of ``"tiny"``; for ``"toy"``, of its initialisation and
+            training pictures (each seed is trained once and cached).
     """
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"source must be a non-empty string, got {source!r}")
@@ -119,6 +123,10 @@ def load(
         return _skeleton(source, attn_implementation)
     if source == TINY:
         return _tiny(seed, _dtype(dtype, device), device, attn_implementation)
+    if source == TOY:
+        from anatomy.toy import Recipe, load_toy  # the toy imports this module
+
+        return load_toy(_dtype(dtype, device), device, attn_implementation, recipe=Recipe(seed=seed))
     return _pretrained(source, dtype, device, device_map, attn_implementation)
 
 
@@ -177,5 +185,5 @@ def _missing_message(source: str) -> str:
         f"no Qwen2.5-VL checkpoint at {source!r}: it is not a local directory with a config.json, "
         f"and it is not in {where}. Download it where there is internet, e.g. "
         f"`hf download {source} --local-dir ./{Path(source).name}`, then load('./{Path(source).name}'); "
-        f"or use a source that needs no weights: 'tiny', {', '.join(repr(s) for s in PUBLISHED_SIZES)}."
+        f"or use a source that needs no download: 'toy', 'tiny', {', '.join(repr(s) for s in PUBLISHED_SIZES)}."
     )
