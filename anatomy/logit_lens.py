@@ -65,7 +65,8 @@ def lens_figure(lens, labels: list[str]) -> Figure:
     axis = figure.subplots()
     shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0)
     for (layer, position), value in np.ndenumerate(probs):
-        axis.text(position, layer, lens[layer][position][0][0][:10], ha="center", va="center", fontsize=8)
+        ink = "white" if value > probs.max() / 2 else "black"  # readable on dark cells too
+        axis.text(position, layer, lens[layer][position][0][0][:10], ha="center", va="center", fontsize=8, color=ink)
     axis.set_xticks(np.arange(len(labels)), [label[:12] for label in labels], rotation=30)
     axis.set_yticks(np.arange(len(lens)))
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")
