@@ -25,7 +25,8 @@ from anatomy.toy.evaluate import evaluate, region_attention, region_map
 from anatomy.toy.shapes import BACKGROUND_RAMP, CELL, GRID, SHAPES, background
 from anatomy.toy.task import ANSWERS, QUESTION_TYPES, Scene, Thing, questions, sample
 
-TINY_RECIPE = Recipe(steps=2, scenes=2, warmup=1)
+# two steps: the check after step 1 passes (any accuracy does), then one cool-down step
+TINY_RECIPE = Recipe(scenes=2, warmup=1, check_every=1, check_samples=3, check_accuracy=0.0, cooldown=1, max_steps=5)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_samples_are_a_function_of_seed_split_index():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="split='valid'"):
-        sample(0, "valid", 0)
+    with pytest.raises(ValueError, match="split='dev'"):
+        sample(0, "dev", 0)
     with pytest.raises(ValueError, match="index=-1"):
         sample(0, "train", -1)
 
@@ -130,7 +131,7 @@ def test_conversations_match_the_processor(processor):
     ours = encode_conversations(chats, processor)
     for key in reference:
         assert torch.equal(ours[key], reference[key]), key
-    after = ours["input_ids"].gather(1, (ours["answer_positions"][:, :-1] + 1))  # the answers sit right after
+    after = ours["input_ids"].gather(1, (ours["answer_positions"][:, :-1] + 1))  # each target sits right after
     assert torch.equal(after, ours["labels"][:, :-1])
 
 
@@ -179,6 +180,40 @@ def test_fast_training_leaves_unequal_windows_to_the_stock_loop():
         with fast_training(model):
             fast = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
     assert torch.allclose(fast, stock, atol=1e-5)
+
+
+def test_training_stops_a_cooldown_after_the_check_passes(processor):
+    from anatomy.toy.training import Log
+
+    log = Log()
+    train(toy_config(), TINY_RECIPE, processor, progress=False, log=log)
+    assert log.passed_at == 1 and log.steps == 2 and len(log.checks) == 1
+    never = Log()
+    train(toy_config(), Recipe(scenes=2, check_every=2, check_samples=3, check_accuracy=1.0, max_steps=4),
+          processor, progress=False, log=never)  # fmt: skip
+    assert never.passed_at is None and never.steps == 4 and [step for step, _ in never.checks] == [2, 4]
+
+
+def test_validation_accuracy_is_the_processor_path_answer(processor):
+    """The check's accuracy equals the full-vocabulary argmax on inputs made by the processor itself."""
+    from anatomy.toy.training import initial_model, validation_accuracy
+
+    recipe = Recipe(check_samples=6)
+    model = initial_model(toy_config(), 0).eval()
+    with torch.no_grad():  # make the untrained model answer right sometimes: bias its tied embedding
+        model.get_input_embeddings().weight[answer_token(processor, "red")] *= 40
+    samples = [sample(0, "valid", i) for i in range(6)]
+    texts = [prompt_text(processor, s.question) for s in samples]
+    inputs = processor(text=texts, images=[s.scene.pixels() for s in samples], padding=True,
+                       padding_side="left", return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        answers = model(**inputs).logits[:, -1].argmax(-1)
+    expected = {
+        kind: np.mean([int(a) == answer_token(processor, s.answer) for a, s in zip(answers, samples) if s.kind == kind])
+        for kind in QUESTION_TYPES
+    }
+    assert validation_accuracy(model, recipe, processor) == pytest.approx(expected)
+    assert not model.training  # left in the mode it was in
 
 
 def _initial_state():
@@ -312,7 +347,7 @@ def test_grounding_figure_draws_the_report():
     from anatomy.toy.figures import grounding_figure
 
     per_area = np.array([[0.3, 0.1, 0.05], [0.6, 0.2, 0.1]])
-    report = Report({"colour": 1.0}, per_area, 10, {"colour": per_area})
+    report = Report({"colour": 1.0}, per_area, 10, {"colour": per_area}, 1.0)
     figure = grounding_figure({"a": report})
     heights = sorted(p.get_height() for p in figure.axes[0].patches)
     assert np.allclose(heights, sorted(per_area.reshape(-1)))

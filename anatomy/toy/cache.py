@@ -27,7 +27,7 @@ import transformers
 from anatomy.toy.training import Recipe
 
 CACHE_ENV = "ANATOMY_CACHE"
-CODE_VERSION = 1  # bump whenever the task, the encoding or the training loop would change the weights
+CODE_VERSION = 3  # bump whenever the task, the encoding or the training loop would change the weights
 MANIFEST = "manifest.json"
 
 

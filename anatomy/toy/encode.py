@@ -23,6 +23,8 @@ import torch
 from anatomy.toy.shapes import IMAGE_SIZE
 from anatomy.toy.task import ANSWERS, Sample, Scene
 
+STOP = "<|im_end|>"
+
 
 def messages(question: str) -> list[dict]:
     """The chat for one question: a user turn with the picture first, then the question."""
@@ -132,6 +134,11 @@ def _conversation_ids(processor, asked: list[Sample]) -> tuple[list[int], list[i
         kinds += [0] * len(turn)
         positions.append(len(ids) - 1)
     return ids, kinds, positions
+
+
+def stop_token(processor) -> int:
+    """The id of ``<|im_end|>``, which ends a turn (the toy is not trained to say it: see ``training``)."""
+    return processor.tokenizer.convert_tokens_to_ids(STOP)
 
 
 @functools.lru_cache(maxsize=256)

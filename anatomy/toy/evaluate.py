@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from anatomy.toy.encode import encode
+from anatomy.toy.encode import encode, stop_token
 from anatomy.toy.task import QUESTION_TYPES, Sample, sample
 
 REGIONS = ("target", "distractors", "background")
@@ -38,12 +38,15 @@ class Report:
             target / distractors / background, averaged over the samples.
         n: number of samples.
         per_area_by_kind: question type -> its own ``(layers, 3)`` average.
+        stops: fraction of samples where, given the right answer, the model's next token is
+            ``<|im_end|>``: it ends its turn, as a chat model does.
     """
 
     accuracy: dict[str, float]
     per_area: np.ndarray
     n: int
     per_area_by_kind: dict[str, np.ndarray]
+    stops: float
 
     @property
     def ratios(self) -> np.ndarray:
@@ -65,7 +68,7 @@ def held_out(n: int, seed: int = 0) -> list[Sample]:
 def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Report:
     """Accuracy per question type and attention per area on ``n`` held-out samples, with eager attention."""
     samples = held_out(n, seed)
-    hits, shares = [], []
+    hits, shares, stops = [], [], []
     with eager(specimen.model), torch.no_grad():
         for start in range(0, n, batch_size):
             chunk = samples[start : start + batch_size]
@@ -74,11 +77,24 @@ def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Rep
             out = specimen.model(**batch, output_attentions=True, logits_to_keep=1)
             hits += (out.logits[:, -1].argmax(-1) == labels).tolist()
             shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config))
+            answered = specimen.model(**_with_answer(batch, labels), logits_to_keep=1)
+            stops += (answered.logits[:, -1].argmax(-1) == stop_token(specimen.processor)).tolist()
     kinds = np.array([s.kind for s in samples])
     accuracy = {k: float(np.mean(np.array(hits)[kinds == k])) for k in QUESTION_TYPES}
     shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
     by_kind = {k: shares[:, kinds == k].mean(axis=1) for k in QUESTION_TYPES}
-    return Report(accuracy, shares.mean(axis=1), n, by_kind)
+    return Report(accuracy, shares.mean(axis=1), n, by_kind, float(np.mean(stops)))
+
+
+def _with_answer(batch: dict, answers: torch.Tensor) -> dict:
+    """``batch`` with each row's answer token appended, as the next step of generation would see it."""
+    ones = torch.ones_like(answers)[:, None]
+    return {
+        **batch,
+        "input_ids": torch.cat([batch["input_ids"], answers[:, None]], dim=1),
+        "attention_mask": torch.cat([batch["attention_mask"], ones], dim=1),
+        "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"], 0 * ones], dim=1),
+    }
 
 
 def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample], config) -> np.ndarray:

@@ -17,7 +17,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from anatomy.processor import offline_processor
 from anatomy.sources import ATTENTION_KERNELS, Specimen
 from anatomy.toy.cache import CacheError, cache_dir, discard, save, verify
-from anatomy.toy.training import Recipe, initial_model, toy_config, train
+from anatomy.toy.training import Log, Recipe, initial_model, toy_config, train
 
 
 def load_toy(
@@ -61,6 +61,14 @@ def ensure_trained(recipe: Recipe = Recipe(), retrain: bool = False, progress: b
     if directory.exists():
         discard(directory)
     start = time.perf_counter()
-    model = train(toy_config(), recipe, offline_processor(), progress=progress)
-    save(model, directory, recipe, train_seconds=round(time.perf_counter() - start, 1))
+    log = Log()
+    model = train(toy_config(), recipe, offline_processor(), progress=progress, log=log)
+    seconds = round(time.perf_counter() - start, 1)
+    save(model, directory, recipe, train_seconds=seconds, steps=log.steps, passed_at=log.passed_at, checks=log.checks)
+    if log.passed_at is None:
+        warnings.warn(
+            f"the toy model did not pass its validation check in {recipe.max_steps} steps "
+            f"(last check: {log.checks[-1] if log.checks else 'none'}); it is saved, but may answer badly",
+            stacklevel=2,
+        )
     return directory

@@ -38,7 +38,7 @@ COLOURS = {
 }
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 QUESTION_TYPES = ("colour", "where", "count")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "valid")  # valid: training's own checks; test: evaluation
 MAX_COUNT = 3
 ANSWERS = {
     "colour": tuple(COLOURS),
@@ -95,7 +95,7 @@ class Sample:
 
 
 def sample(seed: int, split: str, index: int) -> Sample:
-    """The ``index``-th sample of ``split`` (``"train"`` or ``"test"``), a pure function of its arguments.
+    """The ``index``-th sample of ``split`` (``"train"``, ``"test"`` or ``"valid"``), a pure function of its arguments.
 
     Question types cycle colour, where, count, so any 3 consecutive indices hold one of each.
     """
