@@ -1,4 +1,4 @@
-"""Train the toy Qwen2.5-VL on the shapes task, on a CPU, in about three minutes.
+"""Train the toy Qwen2.5-VL on the shapes task, on a CPU, in about 3.5 minutes.
 
 The model is the stock ``Qwen2_5_VLForConditionalGeneration`` built from
 ``configs/qwen2_5_vl_toy.json``. What makes it train fast:
