@@ -1,7 +1,7 @@
 """anatomy: dissect Qwen2.5-VL component by component.
 
 >>> import anatomy
->>> spec = anatomy.load("tiny")                       # or "7B" (skeleton), a hub id, a directory
+>>> spec = anatomy.load("toy")                        # or "tiny", "7B" (skeleton), a hub id, a directory
 >>> batch = anatomy.encode(spec, anatomy.demo_image(), "What is in the picture?")
 >>> with anatomy.capture(spec, "vision.blocks.*.output") as cache:
 ...     spec.model(**batch)

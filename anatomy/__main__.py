@@ -1,7 +1,7 @@
 """Command line.
 
 python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION]
-python -m anatomy toy train|path|evaluate [--seed N] [--n N]
+python -m anatomy toy ensure|train|path|evaluate [--seed N] [--n N]
 """
 
 from __future__ import annotations

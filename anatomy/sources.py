@@ -74,9 +74,9 @@ class Specimen:
 
 
 def config_path(name: str) -> Path:
-    """Path of a shipped config: ``"tiny"`` or one of ``"3B"``, ``"7B"``, ``"32B"``, ``"72B"``."""
-    if name not in (TINY, *PUBLISHED_SIZES):
-        raise ValueError(f"no shipped config named {name!r}; expected one of {[TINY, *PUBLISHED_SIZES]}")
+    """Path of a shipped config: ``"tiny"``, ``"toy"`` or one of ``"3B"``, ``"7B"``, ``"32B"``, ``"72B"``."""
+    if name not in (TINY, TOY, *PUBLISHED_SIZES):
+        raise ValueError(f"no shipped config named {name!r}; expected one of {[TINY, TOY, *PUBLISHED_SIZES]}")
     return Path(str(resources.files("anatomy") / "configs" / f"qwen2_5_vl_{name.lower()}.json"))
 
 

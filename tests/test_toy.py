@@ -196,7 +196,7 @@ def test_training_stops_a_cooldown_after_the_check_passes(processor):
 
 def test_validation_accuracy_is_the_processor_path_answer(processor):
     """The check's accuracy equals the full-vocabulary argmax on inputs made by the processor itself."""
-    from anatomy.toy.training import initial_model, validation_accuracy
+    from anatomy.toy.training import initial_model, validation_accuracy, validation_set
 
     recipe = Recipe(check_samples=6)
     model = initial_model(toy_config(), 0).eval()
@@ -212,7 +212,7 @@ def test_validation_accuracy_is_the_processor_path_answer(processor):
         kind: np.mean([int(a) == answer_token(processor, s.answer) for a, s in zip(answers, samples) if s.kind == kind])
         for kind in QUESTION_TYPES
     }
-    assert validation_accuracy(model, recipe, processor) == pytest.approx(expected)
+    assert validation_accuracy(model, validation_set(recipe, processor)) == pytest.approx(expected)
     assert not model.training  # left in the mode it was in
 
 

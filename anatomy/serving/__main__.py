@@ -16,7 +16,7 @@ from anatomy.serving.vllm import vllm_command
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser("python -m anatomy.serving", description="Serve a model on 127.0.0.1.")
-    parser.add_argument("--source", default="tiny", help="what anatomy.load takes: tiny or a checkpoint dir")
+    parser.add_argument("--source", default="tiny", help="what anatomy.load takes: tiny, toy or a checkpoint dir")
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the server too

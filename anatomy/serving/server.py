@@ -54,7 +54,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def save_for_serving(source: str | Specimen, directory: str | os.PathLike) -> Path:
     """Save a model and its processor to ``directory``, the layout ``transformers serve`` loads.
 
-    ``source`` is anything ``anatomy.load`` takes (``"tiny"``, a checkpoint
+    ``source`` is anything ``anatomy.load`` takes (``"tiny"``, ``"toy"``, a checkpoint
     directory) or an already loaded ``Specimen``.
     """
     specimen = source if isinstance(source, Specimen) else load(source)

@@ -6,13 +6,16 @@ that need one object found: "What colour is the circle?", "Is the red circle
 on the left or the right?", "How many circles are there?". Its answer
 position attends to the object asked about.
 
+    shapes    the pixels: shapes drawn into the cells of a 4x4 grid
     task      pictures and questions, deterministic from a seed
     encode    samples -> model inputs, as the real processor makes them
     training  the training loop and its ``Recipe``
+    kernels   two exact shortcuts of the vision tower, used while training
     cache     the verified, atomically written cache directory
     load      ``load_toy``: train once, then load
     evaluate  held-out accuracy and where the answer's attention goes
-    cli       ``main_toy``: ``python -m anatomy toy train|path|evaluate``
+    figures   that evidence drawn: per-layer bars, pictures beside the answer's attention
+    cli       ``main_toy``: ``python -m anatomy toy ensure|train|path|evaluate``
 """
 
 from anatomy.toy.cache import CACHE_ENV, CacheError, cache_dir

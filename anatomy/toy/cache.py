@@ -18,12 +18,12 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import torch
 import transformers
 
+from anatomy.sources import TOY, config_path
 from anatomy.toy.training import Recipe
 
 CACHE_ENV = "ANATOMY_CACHE"
@@ -42,7 +42,7 @@ def cache_root() -> Path:
 
 def cache_key(recipe: Recipe) -> str:
     """16 hex digits of sha256 over the toy config, ``recipe`` and ``CODE_VERSION``."""
-    config = json.loads((resources.files("anatomy") / "configs" / "qwen2_5_vl_toy.json").read_text())
+    config = json.loads(config_path(TOY).read_text())
     spec = {"config": config, "recipe": recipe.to_dict(), "code": CODE_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -74,15 +74,10 @@ def encode_conversations(chats: list[list[Sample]], processor) -> dict[str, torc
     if not chats or len({len(asked) for asked in chats}) != 1 or not chats[0]:
         raise ValueError(f"need conversations of one common, non-zero length, got lengths {[len(c) for c in chats]}")
     rows = [_conversation_ids(processor, asked) for asked in chats]
-    length = max(len(ids) for ids, _, _ in rows)
-    pad = processor.tokenizer.pad_token_id
-    batch = {
-        "input_ids": torch.tensor([[pad] * (length - len(ids)) + ids for ids, _, _ in rows]),
-        "attention_mask": torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids, _, _ in rows]),
-        "mm_token_type_ids": torch.tensor([[0] * (length - len(kinds)) + kinds for _, kinds, _ in rows]),
-        "answer_positions": torch.tensor([[length - len(ids) + i for i in at] for ids, _, at in rows]),
-        "labels": torch.tensor([[answer_tokens(processor)[s.answer] for s in asked] for asked in chats]),
-    }
+    batch = _left_padded([(ids, kinds) for ids, kinds, _ in rows], processor)
+    length = batch["input_ids"].shape[1]
+    batch["answer_positions"] = torch.tensor([[length - len(ids) + i for i in at] for ids, _, at in rows])
+    batch["labels"] = torch.tensor([[answer_tokens(processor)[s.answer] for s in asked] for asked in chats])
     return {**batch, **pictures([asked[0].scene for asked in chats], processor)}
 
 
@@ -99,14 +94,19 @@ def prompts(samples: list[Sample], processor) -> dict[str, torch.Tensor]:
     """The text side of ``encode``: ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` ``(B, L)``, ``labels``."""
     if not samples:
         raise ValueError("need at least one sample, got an empty list")
-    rows = [_prompt(processor, s.question) for s in samples]
+    batch = _left_padded([_prompt(processor, s.question) for s in samples], processor)
+    return {**batch, "labels": torch.tensor([answer_tokens(processor)[s.answer] for s in samples])}
+
+
+def _left_padded(rows: list[tuple[list[int], list[int]]], processor) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``mm_token_type_ids`` ``(B, L)`` of ``(ids, kinds)`` rows, padded
+    on the left as the processor pads with ``padding_side="left"``."""
     length = max(len(ids) for ids, _ in rows)
     pad = processor.tokenizer.pad_token_id
     return {
-        "input_ids": torch.tensor([[pad] * (length - len(ids)) + ids for ids, _ in rows]),
+        "input_ids": torch.tensor([[pad] * (length - len(ids)) + list(ids) for ids, _ in rows]),
         "attention_mask": torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids, _ in rows]),
-        "mm_token_type_ids": torch.tensor([[0] * (length - len(kinds)) + kinds for _, kinds in rows]),
-        "labels": torch.tensor([answer_tokens(processor)[s.answer] for s in samples]),
+        "mm_token_type_ids": torch.tensor([[0] * (length - len(kinds)) + list(kinds) for _, kinds in rows]),
     }
 
 

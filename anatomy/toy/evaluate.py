@@ -74,11 +74,12 @@ def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Rep
             chunk = samples[start : start + batch_size]
             batch = encode(chunk, specimen.processor)
             labels = batch.pop("labels")
-            out = specimen.model(**batch, output_attentions=True, logits_to_keep=1)
-            hits += (out.logits[:, -1].argmax(-1) == labels).tolist()
-            shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config))
-            answered = specimen.model(**_with_answer(batch, labels), logits_to_keep=1)
-            stops += (answered.logits[:, -1].argmax(-1) == stop_token(specimen.processor)).tolist()
+            # one pass over prompt + right answer: the causal mask keeps the prompt's rows as they were
+            out = specimen.model(**_with_answer(batch, labels), output_attentions=True, logits_to_keep=2)
+            answer, after = out.logits.argmax(-1).unbind(1)  # predicted at the prompt's end, after the answer
+            hits += (answer == labels).tolist()
+            stops += (after == stop_token(specimen.processor)).tolist()
+            shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config, row=-2))
     kinds = np.array([s.kind for s in samples])
     accuracy = {k: float(np.mean(np.array(hits)[kinds == k])) for k in QUESTION_TYPES}
     shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
@@ -97,13 +98,15 @@ def _with_answer(batch: dict, answers: torch.Tensor) -> dict:
     }
 
 
-def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample], config) -> np.ndarray:
-    """Attention per cell of the last position on each region, ``(layers, B, 3)``.
+def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample], config, row: int = -1) -> np.ndarray:
+    """Attention per cell of position ``row`` (default: the last) on each region, ``(layers, B, 3)``.
 
-    ``attentions``: one ``(B, heads, L, L)`` tensor per decoder layer; ``input_ids`` ``(B, L)``.
+    ``attentions``: one ``(B, heads, L', L')`` tensor per decoder layer; ``input_ids`` ``(B, L)``, the
+    prompt, whose image tokens are the first ``L`` keys.
     """
     is_image = input_ids == config.image_token_id  # (B, L), 16 per row, in raster order
-    per_cell = torch.stack([a[:, :, -1].mean(1)[is_image].view(len(samples), -1) for a in attentions])
+    keys = input_ids.shape[1]
+    per_cell = torch.stack([a[:, :, row, :keys].mean(1)[is_image].view(len(samples), -1) for a in attentions])
     regions = torch.from_numpy(np.stack([region_map(s) for s in samples]))  # (B, 16): 0, 1 or 2
     onehot = torch.nn.functional.one_hot(regions, len(REGIONS)).float()  # (B, 16, 3)
     mass = torch.einsum("lbc,bcr->lbr", per_cell.float(), onehot)  # (layers, B, 3)

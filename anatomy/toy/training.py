@@ -32,15 +32,14 @@ on; a peak learning rate above ~5e-4 delays it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from anatomy.sources import TOY, shipped_config
 from anatomy.toy.encode import answer_tokens, encode, encode_conversations
 from anatomy.toy.kernels import fast_training
 from anatomy.toy.task import QUESTION_TYPES, questions, sample
@@ -87,10 +86,7 @@ class Log:
 
 def toy_config(attn_implementation: str = "sdpa") -> Qwen2_5_VLConfig:
     """The complete toy config (``configs/qwen2_5_vl_toy.json``): Qwen2.5-VL's classes at small sizes."""
-    text = (resources.files("anatomy") / "configs" / "qwen2_5_vl_toy.json").read_text()
-    config = Qwen2_5_VLConfig(**json.loads(text))
-    config._attn_implementation = attn_implementation
-    return config
+    return shipped_config(TOY, attn_implementation)
 
 
 def initial_model(config: Qwen2_5_VLConfig, seed: int) -> Qwen2_5_VLForConditionalGeneration:
@@ -117,6 +113,7 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
     model = initial_model(config, recipe.seed).train()
     optimiser = _optimiser(model, recipe)
     targets = torch.tensor(sorted(answer_tokens(processor).values()))  # (13,)
+    validation = validation_set(recipe, processor)
     bar = tqdm(total=recipe.max_steps, desc="training the toy Qwen2.5-VL", disable=not progress, mininterval=5)
     stop = recipe.max_steps
     with fast_training(model):
@@ -135,7 +132,7 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if log.passed_at is None and (step + 1) % recipe.check_every == 0:
-                accuracy = validation_accuracy(model, recipe, processor)
+                accuracy = validation_accuracy(model, validation)
                 log.checks.append((step + 1, accuracy))
                 if min(accuracy.values()) >= recipe.check_accuracy:
                     log.passed_at = step + 1
@@ -144,17 +141,23 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
     return model.eval()
 
 
-def validation_accuracy(model, recipe: Recipe, processor) -> dict[str, float]:
-    """Accuracy per question type on the first ``check_samples`` of the validation split (full-vocabulary argmax)."""
+def validation_set(recipe: Recipe, processor) -> dict:
+    """The check's first ``check_samples`` questions of the validation split, encoded once for every check:
+    ``encode``'s inputs and ``labels``, and ``kinds``, each row's question type."""
     samples = [sample(recipe.seed, "valid", i) for i in range(recipe.check_samples)]
-    batch = encode(samples, processor)
-    labels = batch.pop("labels")
+    return {**encode(samples, processor), "kinds": [s.kind for s in samples]}
+
+
+def validation_accuracy(model, validation: dict) -> dict[str, float]:
+    """Accuracy per question type on a ``validation_set`` (argmax over the full vocabulary)."""
+    inputs = {k: v for k, v in validation.items() if k not in ("labels", "kinds")}
     mode = model.training
     model.eval()
     with torch.no_grad():
-        hits = model(**batch, logits_to_keep=1).logits[:, -1].argmax(-1) == labels
+        hits = model(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1) == validation["labels"]
     model.train(mode)
-    return {kind: hits[[s.kind == kind for s in samples]].float().mean().item() for kind in QUESTION_TYPES}
+    kinds = validation["kinds"]
+    return {kind: hits[[k == kind for k in kinds]].float().mean().item() for kind in QUESTION_TYPES}
 
 
 def _lr_factor(recipe: Recipe, step: int, passed_at: int | None) -> float:
