@@ -182,6 +182,39 @@ def test_fast_training_leaves_unequal_windows_to_the_stock_loop():
     assert torch.allclose(fast, stock, atol=1e-5)
 
 
+def test_layouts_give_the_stock_positions_logits_and_gradients(processor):
+    """Precomputed layouts: the rotary positions equal get_rope_index on the padded batch, and hidden
+    states and every gradient equal the stock forward's, bit for bit; the cache serves repeated layouts."""
+    from anatomy.toy.kernels import Layouts
+    from anatomy.toy.training import initial_model
+
+    model = initial_model(toy_config(), 0).train()
+    batch = encode([sample(0, "valid", i) for i in range(6)], processor)  # prompts of different lengths
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    layouts = Layouts(model)
+    reference = model.model.get_rope_index(
+        batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"],
+    )[0]  # fmt: skip
+    assert (batch["attention_mask"] == 0).any()  # left padding is exercised
+    assert torch.equal(layouts(batch)["position_ids"], reference)
+
+    def run(extra):
+        model.zero_grad()
+        hidden = model.model(**inputs, **extra).last_hidden_state
+        hidden.square().sum().backward()
+        return hidden.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    stock, fast = run({}), run(layouts(batch))
+    assert torch.equal(fast[0], stock[0])
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(fast[1], stock[1]))
+    kinds = {tuple(row[keep.bool()].tolist()) for row, keep in zip(batch["mm_token_type_ids"], batch["attention_mask"])}
+    layouts(batch)
+    assert len(layouts.rows) == len(kinds) and len(layouts.vision) == 1
+    with pytest.raises(ValueError, match="one picture per row"):
+        layouts({**batch, "image_grid_thw": batch["image_grid_thw"][:-1]})
+
+
 def test_training_stops_a_cooldown_after_the_check_passes(processor):
     from anatomy.toy.training import Log
 

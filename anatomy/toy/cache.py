@@ -27,7 +27,7 @@ from anatomy.sources import TOY, config_path
 from anatomy.toy.training import Recipe
 
 CACHE_ENV = "ANATOMY_CACHE"
-CODE_VERSION = 3  # bump whenever the task, the encoding or the training loop would change the weights
+CODE_VERSION = 4  # bump whenever the task, the encoding or the training loop would change the weights
 MANIFEST = "manifest.json"
 
 

@@ -72,6 +72,13 @@ def render(things: list[tuple[str, tuple[int, int, int], int, int, tuple[int, in
         if max(abs(dy), abs(dx)) > 2:
             raise ValueError(f"shift ({dy}, {dx}) would push the shape out of its cell; expected |shift| <= 2")
         cell = image[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL]
-        cell[np.roll(stencil(shape), (dy, dx), axis=(0, 1))] = rgb
-        cell[np.roll(outline(shape), (dy, dx), axis=(0, 1))] = OUTLINE
+        fill, rim = _shifted(shape, dy, dx)
+        cell[fill] = rgb
+        cell[rim] = OUTLINE
     return image
+
+
+@functools.cache
+def _shifted(shape: str, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """``stencil`` and ``outline`` of ``shape`` shifted by ``(dy, dx)`` px: 4 shapes x 25 shifts, made once."""
+    return tuple(np.roll(mask, (dy, dx), axis=(0, 1)) for mask in (stencil(shape), outline(shape)))

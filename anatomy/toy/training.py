@@ -19,7 +19,8 @@ The model is the stock ``Qwen2_5_VLForConditionalGeneration`` built from
   (std ``initializer_range``): 19M parameters the task does not need to move;
 - weights start at ``initializer_range`` 0.08 (text) and 0.1 (vision), sized
   for these narrow layers, where the released 0.02 would shrink the signal;
-- two exact shortcuts for the vision tower (``kernels.fast_training``);
+- exact shortcuts (``kernels``): batched vision windows, the patch embedding
+  as one matmul, and rotary positions and windows computed once per layout;
 - training stops once a validation check passes, plus a short cool-down.
 
 Learning to look is a phase change: for 600-1000 steps (it depends on the
@@ -41,7 +42,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from anatomy.sources import TOY, shipped_config
 from anatomy.toy.encode import answer_tokens, encode, encode_conversations
-from anatomy.toy.kernels import fast_training
+from anatomy.toy.kernels import Layouts, fast_training
 from anatomy.toy.task import QUESTION_TYPES, questions, sample
 
 
@@ -114,6 +115,7 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
     optimiser = _optimiser(model, recipe)
     targets = torch.tensor(sorted(answer_tokens(processor).values()))  # (13,)
     validation = validation_set(recipe, processor)
+    layouts = Layouts(model)
     bar = tqdm(total=recipe.max_steps, desc="training the toy Qwen2.5-VL", disable=not progress, mininterval=5)
     stop = recipe.max_steps
     with fast_training(model):
@@ -123,7 +125,7 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
             for group in optimiser.param_groups:
                 group["lr"] = recipe.lr * _lr_factor(recipe, step, log.passed_at)
             batch = _batch(recipe, step, processor)
-            logits = answer_logits(model, batch, targets)  # (scenes, 3, 13)
+            logits = answer_logits(model, batch, targets, layouts)  # (scenes, 3, 13)
             loss = F.cross_entropy(logits.flatten(0, 1), torch.searchsorted(targets, batch["labels"]).flatten())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,10 +170,11 @@ def _lr_factor(recipe: Recipe, step: int, passed_at: int | None) -> float:
     return min(warm, (passed_at + recipe.cooldown - step) / (recipe.cooldown + 1))
 
 
-def answer_logits(model, batch: dict, answers: torch.Tensor) -> torch.Tensor:
-    """Logits of the ``answers`` token ids at every ``batch["answer_positions"]``, ``(B, K, len(answers))``."""
+def answer_logits(model, batch: dict, answers: torch.Tensor, layouts: Layouts | None = None) -> torch.Tensor:
+    """Logits of the ``answers`` token ids at every ``batch["answer_positions"]``, ``(B, K, len(answers))``;
+    ``layouts`` (if given) passes the batch's rotary positions and vision windows precomputed."""
     inputs = {k: v for k, v in batch.items() if k not in ("answer_positions", "labels")}
-    hidden = model.model(**inputs).last_hidden_state  # (B, L, hidden)
+    hidden = model.model(**inputs, **(layouts(batch) if layouts else {})).last_hidden_state  # (B, L, hidden)
     picked = hidden.gather(1, batch["answer_positions"][..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, hidden)
     return picked @ model.lm_head.weight[answers].T
 
@@ -184,10 +187,11 @@ def _batch(recipe: Recipe, step: int, processor) -> dict:
 
 
 def _optimiser(model, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; ``train`` sets the learning rate of every step."""
+    """AdamW (the fused kernel: one call for all parameters) with weight decay on matrices only; ``train``
+    sets the learning rate of every step."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98), fused=True)
