@@ -65,6 +65,11 @@ def render(
         f"| {k} | {v:.1%} | {accuracy['random init'].accuracy[k]:.1%} |"
         for k, v in accuracy["trained"].accuracy.items()
     ]
+    lines += [
+        f"| where, {case} | {v:.1%} | "
+        f"{accuracy['random init'].where_by_case.get(case, float('nan')):.1%} |"
+        for case, v in accuracy["trained"].where_by_case.items()
+    ]
     stops = {name: f"{report.stops:.1%}" for name, report in accuracy.items()}
     lines += [
         f"| ends its turn after the right answer (`<\\|im_end\\|>`) | {stops['trained']} | {stops['random init']} |"

@@ -313,6 +313,27 @@ def test_the_trained_toy_answers_and_looks_at_the_target():
     assert report.ratios.max() >= 3, report.ratios
 
 
+@pytest.mark.skipif(not _trained_toy_available(), reason="no verified toy cache; set ANATOMY_TOY_TRAIN=1 to train it")
+def test_where_accuracy_by_case_counts_the_answers_directly():
+    """The split of "where" accuracy by whether the named shape repeats, against a direct count of
+    the model's full-vocabulary argmax answers; the two cases together give the type's accuracy."""
+    from anatomy.toy.evaluate import WHERE_CASES, where_case
+
+    spec = load_toy()
+    report = evaluate(spec, n=150)
+    samples = [s for s in (sample(0, "test", i) for i in range(150)) if s.kind == "where"]
+    batch = encode(samples, spec.processor)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        hits = (spec.model(**batch, logits_to_keep=1).logits[:, -1].argmax(-1) == labels).numpy()
+    cases = np.array([where_case(s) for s in samples])
+    assert set(cases) == set(WHERE_CASES)
+    for case in WHERE_CASES:
+        assert report.where_by_case[case] == pytest.approx(hits[cases == case].mean())
+    assert report.accuracy["where"] == pytest.approx(hits.mean())
+    assert where_case(sample(0, "test", 0)) is None  # a colour question
+
+
 def test_region_attention_divides_by_area():
     """All of the last position's attention on one target cell -> target per cell 1, the rest 0."""
     q = sample(0, "test", 2)
@@ -380,7 +401,7 @@ def test_grounding_figure_draws_the_report():
     from anatomy.toy.figures import grounding_figure
 
     per_area = np.array([[0.3, 0.1, 0.05], [0.6, 0.2, 0.1]])
-    report = Report({"colour": 1.0}, per_area, 10, {"colour": per_area}, 1.0)
+    report = Report({"colour": 1.0}, per_area, 10, {"colour": per_area}, 1.0, {})
     figure = grounding_figure({"a": report})
     heights = sorted(p.get_height() for p in figure.axes[0].patches)
     assert np.allclose(heights, sorted(per_area.reshape(-1)))

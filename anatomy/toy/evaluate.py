@@ -26,6 +26,7 @@ from anatomy.toy.encode import encode, stop_token
 from anatomy.toy.task import QUESTION_TYPES, Sample, sample
 
 REGIONS = ("target", "distractors", "background")
+WHERE_CASES = ("shape once", "shape repeated")  # does the shape named in a "where" question occur once?
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Report:
         per_area_by_kind: question type -> its own ``(layers, 3)`` average.
         stops: fraction of samples where, given the right answer, the model's next token is
             ``<|im_end|>``: it ends its turn, as a chat model does.
+        where_by_case: accuracy on "where" questions whose named shape occurs once in the
+            picture, or more than once (then only the colour tells the asked object from the
+            other shapes like it); a case without samples is left out.
     """
 
     accuracy: dict[str, float]
@@ -47,6 +51,7 @@ class Report:
     n: int
     per_area_by_kind: dict[str, np.ndarray]
     stops: float
+    where_by_case: dict[str, float]
 
     @property
     def ratios(self) -> np.ndarray:
@@ -84,7 +89,16 @@ def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Rep
     accuracy = {k: float(np.mean(np.array(hits)[kinds == k])) for k in QUESTION_TYPES}
     shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
     by_kind = {k: shares[:, kinds == k].mean(axis=1) for k in QUESTION_TYPES}
-    return Report(accuracy, shares.mean(axis=1), n, by_kind, float(np.mean(stops)))
+    cases = np.array([where_case(s) for s in samples])
+    where = {c: float(np.mean(np.array(hits)[cases == c])) for c in WHERE_CASES if (cases == c).any()}
+    return Report(accuracy, shares.mean(axis=1), n, by_kind, float(np.mean(stops)), where)
+
+
+def where_case(asked: Sample) -> str | None:
+    """Which of ``WHERE_CASES`` a "where" sample is; ``None`` for the other question types."""
+    if asked.kind != "where":
+        return None
+    return WHERE_CASES[asked.scene.count(asked.scene.things[asked.target[0]].shape) > 1]
 
 
 def _with_answer(batch: dict, answers: torch.Tensor) -> dict:
