@@ -36,6 +36,7 @@ def main_toy(argv: list[str] | None = None) -> int:
 def describe(name: str, report: Report) -> str:
     """A few lines: accuracy per question type, attention per cell and target/distractor ratio per layer."""
     lines = [f"{name}: accuracy " + ", ".join(f"{k} {v:.1%}" for k, v in report.accuracy.items())]
+    lines.append("  where, by case: " + ", ".join(f"{case} {v:.1%}" for case, v in report.where_by_case.items()))
     lines.append(f"  ends its turn after the answer (<|im_end|>): {report.stops:.1%}")
     for layer, ((target, others, background), ratio) in enumerate(zip(report.per_area, report.ratios)):
         lines.append(
