@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[lab,test]'
 	touch $(STAMP)
 
-# The notebooks' default model, trained here on the first run (about 3.5 minutes on 2 cores)
+# The notebooks' default model, trained here on the first run (about 3 minutes on 2 cores)
 # and cached in $$ANATOMY_CACHE (default ~/.cache/anatomy); later runs check the cache's hashes.
 toy: $(STAMP)
 	$(PY) -m anatomy toy ensure

@@ -1,7 +1,7 @@
 """The toy model: its task, its inputs, its cache, its training, and (when trained) its evidence.
 
 The last test needs the trained toy: it runs when a verified cache exists or
-``ANATOMY_TOY_TRAIN=1`` allows training it here (about 3.5 minutes on 2 cores).
+``ANATOMY_TOY_TRAIN=1`` allows training it here (about 3 minutes on 2 cores).
 """
 
 import os

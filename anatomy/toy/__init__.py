@@ -1,7 +1,7 @@
 """The toy Qwen2.5-VL: the real classes at small sizes, trained here on coloured shapes.
 
 A randomly initialised model's attention is noise. The toy model is trained
-(in about 3.5 minutes on 2 CPU cores, on first use, then cached) to answer questions
+(in about 3 minutes on 2 CPU cores, on first use, then cached) to answer questions
 that need one object found: "What colour is the circle?", "Is the red circle
 on the left or the right?", "How many circles are there?". Its answer
 position attends to the object asked about.

@@ -1,7 +1,7 @@
 """Exact shortcuts that make the toy train faster on a CPU; used only while training.
 
 - ``windows_as_batch``: transformers' sdpa path of the vision attention calls
-  the kernel once per window (320 small calls a step for 32 toy pictures). When
+  the kernel once per window (260 small calls a step for 26 toy pictures). When
   all windows hold the same number of patches, as they do for the toy's
   112x112 pictures, one batched call computes the same thing.
 - ``conv_as_matmul``: the patch embedding is a ``Conv3d`` whose kernel equals

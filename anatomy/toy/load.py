@@ -1,6 +1,6 @@
 """``load_toy``: the trained toy Qwen2.5-VL, trained on first use and cached.
 
->>> spec = load_toy()            # first call: trains (~3.5 min on 2 CPU cores), later calls: ~1 s
+>>> spec = load_toy()            # first call: trains (~3 min on 2 CPU cores), later calls: ~1 s
 >>> spec.kind
 'toy'
 """
