@@ -10,7 +10,8 @@ position attends to the object asked about.
     task      pictures and questions, deterministic from a seed
     encode    samples -> model inputs, as the real processor makes them
     training  the training loop and its ``Recipe``
-    kernels   two exact shortcuts of the vision tower, used while training
+    kernels   exact shortcuts used while training: batched vision windows, the patch
+              embedding as one matmul, rotary positions and windows once per layout
     cache     the verified, atomically written cache directory
     load      ``load_toy``: train once, then load
     evaluate  held-out accuracy and where the answer's attention goes

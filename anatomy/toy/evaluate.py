@@ -85,12 +85,12 @@ def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Rep
             hits += (answer == labels).tolist()
             stops += (after == stop_token(specimen.processor)).tolist()
             shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config, row=-2))
-    kinds = np.array([s.kind for s in samples])
-    accuracy = {k: float(np.mean(np.array(hits)[kinds == k])) for k in QUESTION_TYPES}
+    hits, kinds = np.array(hits), np.array([s.kind for s in samples])
+    accuracy = {k: float(np.mean(hits[kinds == k])) for k in QUESTION_TYPES}
     shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
     by_kind = {k: shares[:, kinds == k].mean(axis=1) for k in QUESTION_TYPES}
     cases = np.array([where_case(s) for s in samples])
-    where = {c: float(np.mean(np.array(hits)[cases == c])) for c in WHERE_CASES if (cases == c).any()}
+    where = {c: float(np.mean(hits[cases == c])) for c in WHERE_CASES if (cases == c).any()}
     return Report(accuracy, shares.mean(axis=1), n, by_kind, float(np.mean(stops)), where)
 
 

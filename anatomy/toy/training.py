@@ -175,11 +175,11 @@ def _lr_factor(recipe: Recipe, step: int, passed_at: int | None) -> float:
     return min(warm, (passed_at + recipe.cooldown - step) / (recipe.cooldown + 1))
 
 
-def answer_logits(model, batch: dict, answers: torch.Tensor, layouts: Layouts | None = None) -> torch.Tensor:
+def answer_logits(model, batch: dict, answers: torch.Tensor, layouts: Layouts) -> torch.Tensor:
     """Logits of the ``answers`` token ids at every ``batch["answer_positions"]``, ``(B, K, len(answers))``;
-    ``layouts`` (if given) passes the batch's rotary positions and vision windows precomputed."""
+    ``layouts`` passes the batch's rotary positions and vision windows precomputed."""
     inputs = {k: v for k, v in batch.items() if k not in ("answer_positions", "labels")}
-    hidden = model.model(**inputs, **(layouts(batch) if layouts else {})).last_hidden_state  # (B, L, hidden)
+    hidden = model.model(**inputs, **layouts(batch)).last_hidden_state  # (B, L, hidden)
     picked = hidden.gather(1, batch["answer_positions"][..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, hidden)
     return picked @ model.lm_head.weight[answers].T
 
