@@ -12,7 +12,7 @@ from anatomy.inputs import demo_image
 
 def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
     image = tmp_path / "picture.png"
-    demo_image(448, 336).save(image)
+    demo_image(336, 448).save(image)
     assert main(["dissect", str(image), "--model", "tiny", "--out", str(tmp_path / "figures")]) == 0
     report = capsys.readouterr().out
     assert re.search(r"image tokens \(<\|image_pad\|>\)\s+192\n", report)  # (336/28) * (448/28) = 12 * 16

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anatomy.inputs import chat, load_image
+from anatomy.inputs import load_image, request_messages
 
 
 def test_missing_file(tmp_path):
@@ -41,7 +41,7 @@ def test_wrong_types_and_shapes():
         load_image(np.zeros((4, 4)))
 
 
-def test_chat_is_the_seeds_request_shape():
-    messages = chat(Image.new("RGB", (56, 56)))
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert [item["type"] for item in messages[1]["content"]] == ["image", "text"]
+def test_messages_are_the_reference_requests_shape():
+    chat = request_messages(Image.new("RGB", (56, 56)))
+    assert [m["role"] for m in chat] == ["system", "user"]
+    assert [item["type"] for item in chat[1]["content"]] == ["image", "text"]
