@@ -20,10 +20,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from html import escape
 from importlib import resources
 
-from torch import nn
-
 from anatomy.lab.tables import Table
 from anatomy.model import tower_paths, unwrap
 

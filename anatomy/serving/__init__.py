@@ -31,15 +31,15 @@ from anatomy.serving.client import (
     post_chat,
 )
 from anatomy.serving.payload import (
+    DEFAULT_SYSTEM,
     REFERENCE_IMAGE_URL,
     REFERENCE_MODEL,
     REFERENCE_QUESTION,
-    DEFAULT_SYSTEM,
     chat_messages,
     chat_payload,
     image_url,
-    sample_image,
     reference_payload,
+    sample_image,
     video_url,
 )
 from anatomy.serving.server import LocalServer, free_port, save_for_serving

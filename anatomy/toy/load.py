@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from anatomy.processor import offline_processor
 from anatomy.model import ATTENTION_KERNELS, Specimen
+from anatomy.processor import offline_processor
 from anatomy.toy.cache import CacheError, cache_dir, discard, save, verify
 from anatomy.toy.training import Log, Recipe, initial_model, toy_config, train
 

@@ -9,7 +9,6 @@ each token is ``anatomy.capture.orders.merge_groups``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 

@@ -24,6 +24,7 @@ from PIL import Image
 from anatomy.inputs import resized
 from anatomy.processor import FACTOR, MAX_PIXELS, MIN_PIXELS, PATCH_SIZE, ROW_VALUES, ResizePlan, resize_plan
 
+
 @dataclass(frozen=True)
 class Budget:
     """Memory an image costs, in bytes. ``pixel_values`` is exact; the rest are estimates.

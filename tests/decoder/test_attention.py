@@ -8,9 +8,9 @@ import anatomy
 from anatomy import capture
 from anatomy.capture.budget import AttentionBudgetExceeded
 from anatomy.decoder.attention import attention_rows, estimate_bytes, image_cells, image_map, shares
-from anatomy.model import token_kinds
 from anatomy.decoder.gqa import kv_head_of, sharing_matrix, split_heads
 from anatomy.decoder.mrope import rope_index
+from anatomy.model import token_kinds
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from anatomy import capture
-from anatomy.inputs import demo_image, encode
 from anatomy.decoder.mrope import frequency_axes, position_table, rope_index
+from anatomy.inputs import demo_image, encode
 from anatomy.vision.video import Clip, encode_video
 
 

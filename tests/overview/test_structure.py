@@ -6,6 +6,8 @@ import pytest
 from torch import nn
 
 import anatomy
+from anatomy.lab.tables import Table
+from anatomy.model import locate, tower_paths, unwrap
 from anatomy.overview.structure import (
     CLASS_NOTES,
     counterpart_table,
@@ -16,8 +18,6 @@ from anatomy.overview.structure import (
     side_by_side,
     tree_text,
 )
-from anatomy.lab.tables import Table
-from anatomy.model import locate, tower_paths, unwrap
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-import anatomy
-from anatomy.processor import offline_processor
+from anatomy.model import tokenizer_of
 from anatomy.overview.tokens import (
     image_cost_table,
     image_token_count,
@@ -17,7 +16,7 @@ from anatomy.overview.tokens import (
     token_html,
     token_runs,
 )
-from anatomy.model import tokenizer_of
+from anatomy.processor import offline_processor
 
 # The seed's added_tokens_decoder, id: (content, special). The seed's note lost the text of
 # 151657 and all of 151658 to HTML stripping; they are <tool_call> and </tool_call>.

@@ -29,8 +29,8 @@ from anatomy.serving import (
     free_port,
     image_url,
     post_chat,
-    sample_image,
     reference_payload,
+    sample_image,
     vllm_command,
     where_it_looked,
 )

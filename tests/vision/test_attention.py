@@ -6,9 +6,8 @@ import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as modeling
 from transformers.vision_utils import get_vision_window_index
 
 import anatomy
-from anatomy import capture
-from anatomy.inputs import demo_image, encode
 from anatomy.capture.budget import AttentionBudgetExceeded
+from anatomy.inputs import demo_image, encode
 from anatomy.model import block_kinds
 from anatomy.vision.attention import estimate_bytes, record_attention, vision_attention
 from anatomy.vision.windows import windows

@@ -6,7 +6,7 @@ import torch
 import anatomy
 from anatomy import run
 from anatomy.capture.orders import merge_groups
-from anatomy.vision.merger import merge_by_hand, merger_shapes, token_map_figure
+from anatomy.vision.merger import merge_by_hand, merger_shapes
 
 
 @pytest.fixture(scope="module")

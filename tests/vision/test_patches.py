@@ -7,6 +7,8 @@ from matplotlib.figure import Figure
 
 from anatomy import capture
 from anatomy.inputs import demo_image, load_image
+from anatomy.lab.figures import principal_rgb
+from anatomy.processor import offline_processor, resize_plan
 from anatomy.vision.patches import (
     conv_as_linear,
     conv_linear_gap,
@@ -16,9 +18,6 @@ from anatomy.vision.patches import (
     patchify,
     row_position,
 )
-from anatomy.lab.figures import principal_rgb
-from anatomy.processor import offline_processor
-from anatomy.processor import resize_plan
 
 SIZES = [(224, 224), (480, 640), (28, 28), (20, 20), (5, 1000)]  # (height, width)
 

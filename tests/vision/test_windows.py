@@ -5,7 +5,7 @@ import torch
 
 from anatomy import capture
 from anatomy.inputs import demo_image, encode
-from anatomy.vision.windows import window_figure, windows
+from anatomy.vision.windows import windows
 
 
 @pytest.fixture(scope="module")
