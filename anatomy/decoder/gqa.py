@@ -4,8 +4,11 @@ The 7B has 28 query heads and 4 key/value heads: query head ``h`` uses
 key/value head ``h // 7`` (transformers' ``repeat_kv`` copies each key/value
 head 7 times, in order). The tiny model: 4 query heads, 2 key/value heads.
 
->>> kv_head_of(specimen.config)      # tiny: query heads 0, 1 -> kv 0; 2, 3 -> kv 1
+>>> from anatomy.model import shipped_config
+>>> kv_head_of(shipped_config("tiny"))      # query heads 0, 1 -> kv 0; 2, 3 -> kv 1
 tensor([0, 0, 1, 1])
+>>> kv_head_of(shipped_config("7B")).bincount().tolist()   # 28 query heads, 7 per key/value head
+[7, 7, 7, 7]
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ static PNG of the current choice: ``_repr_mimebundle_`` offers both, and each
 front end picks what it can render. Every control starts at ``"mean"``
 (``None``: the figure function averages over that argument).
 
->>> panel = Explorer(lambda layer, head: figure_of(layer, head), {"layer": [("0", 0), ("1", 1)], "head": [("0", 0)]})
+>>> from matplotlib.figure import Figure
+>>> panel = Explorer(lambda layer, head: Figure(), {"layer": [("0", 0), ("1", 1)], "head": [("0", 0)]})
+>>> [(name, control.options) for name, control in panel.controls.items()]
+[('layer', (('mean', None), ('0', 0), ('1', 1))), ('head', (('mean', None), ('0', 0)))]
 """
 
 from __future__ import annotations

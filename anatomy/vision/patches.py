@@ -13,6 +13,9 @@ repeated to 2 frames. Rows come in processor order: the 4 patches of each
 The patch embedding is a Conv3d with kernel = stride = (2, 14, 14), so on these
 rows it is exactly one matrix product: ``Linear(1176, hidden, bias=False)``.
 
+>>> from anatomy.inputs import demo_image
+>>> from anatomy.processor import resize_plan
+>>> image = demo_image(224, 224)
 >>> rows = patchify(normalised_image(image, resize_plan(image.height, image.width)))
 >>> rows.shape                          # 224 x 224 px -> 16 x 16 patches
 torch.Size([256, 1176])

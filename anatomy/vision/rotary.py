@@ -8,6 +8,11 @@ with the patch's row, the second quarter with its column, at frequencies
 
     angle[:, :hd/4] = row * inv_freq      angle[:, hd/4:hd/2] = col * inv_freq
     cos = cat(cos(angle), cos(angle))     # (patches, head_dim)
+
+>>> from anatomy.model import shipped_config
+>>> config = shipped_config("7B").vision_config                # head_dim 1280 / 16 = 80
+>>> len(inverse_frequencies(config)), axis_of_dimension(config)[18:22]
+(20, ['row', 'row', 'col', 'col'])
 """
 
 from __future__ import annotations

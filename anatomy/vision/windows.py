@@ -6,9 +6,12 @@ patches = 4x4 merged tokens; smaller at the right and bottom edges). Blocks
 window. The partition is read off the window order (``anatomy.capture.orders``),
 which is transformers' own ``get_vision_window_index``.
 
-For a 448x336 image (24x32 patches) the windows form a 3x4 grid::
+For a 448x336 image (24x32 patches) the windows form a 3x4 grid:
 
-    window_map(grid)[::8, ::8]  ->  [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+>>> from anatomy.model import shipped_config
+>>> parts = windows((1, 24, 32), shipped_config("7B").vision_config)
+>>> parts.window[0, ::8, ::8].tolist(), parts.lengths.tolist()[:4]
+([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], [64, 64, 64, 64])
 """
 
 from __future__ import annotations
