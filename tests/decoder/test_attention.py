@@ -2,13 +2,10 @@
 
 import pytest
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
 
 import anatomy
-from anatomy import capture
 from anatomy.capture.budget import AttentionBudgetExceeded
 from anatomy.decoder.attention import attention_rows, estimate_bytes, image_cells, image_map, shares
-from anatomy.decoder.gqa import kv_head_of, sharing_matrix, split_heads
 from anatomy.decoder.mrope import rope_index
 from anatomy.model import token_kinds
 
@@ -88,14 +85,3 @@ def test_image_map_refuses_an_uncaptured_layer(tiny, batch):
     rows, _ = attention_rows(tiny, batch, layers=[0])
     with pytest.raises(ValueError, match="layer 2 was not captured"):
         image_map(rows, batch, layer=2)
-
-
-def test_query_heads_read_the_kv_head_repeat_kv_gives_them(tiny, batch):
-    with torch.no_grad(), capture(tiny, "decoder.layers.0.self_attn.*_proj") as cache:
-        tiny.model(**batch)
-    split = split_heads(cache, 0, tiny.config)
-    assert split["q"].shape[0] == 4 and split["k"].shape[0] == 2
-    repeated = repeat_kv(split["k"][None], 2)[0]  # (query heads, S, d), transformers' own expansion
-    for head, kv in enumerate(kv_head_of(tiny.config).tolist()):
-        assert torch.equal(repeated[head], split["k"][kv])
-    assert sharing_matrix(tiny.config).sum(0).tolist() == [2, 2]

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 from anatomy import capture
 from anatomy.inputs import demo_image, load_image
@@ -99,6 +98,9 @@ def test_embedding_grid_and_figure(tiny, batch, picture):
     torch.testing.assert_close(grid.reshape(-1, grid.shape[-1]), cache["vision.patch_embed"])
     colours = principal_rgb(grid)
     assert colours.shape == (*plan.patch_grid, 3) and colours.min() == 0 and colours.max() == 1
-    assert isinstance(embedding_figure(cache, picture, plan), Figure)
+    left, pcs, norms = embedding_figure(cache, picture, plan).axes[:3]
+    assert left.images[0].get_array().shape[:2] == plan.resized  # the image as the model saw it
+    assert (pcs.images[0].get_array() == colours).all()
+    torch.testing.assert_close(torch.as_tensor(norms.images[0].get_array().data), grid.norm(dim=-1))
     with pytest.raises(ValueError, match="patch grid"):
         embedding_figure(cache, demo_image(56, 56), resize_plan(56, 56))

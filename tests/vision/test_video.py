@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from matplotlib.figure import Figure
 from qwen_vl_utils import vision_process as qwen_vl_utils
 
 from anatomy.vision.patches import normalise, patchify
@@ -61,6 +60,11 @@ def test_bad_inputs_are_named(tiny):
         encode_video(tiny, moving_square().frames)
 
 
-def test_temporal_patch_figure():
+def test_temporal_patch_figure_pairs_the_sampled_frames_by_temporal_patch():
     clip = moving_square()
-    assert isinstance(temporal_patch_figure(clip, video_plan(clip.num_frames, clip.fps, clip.height, clip.width)), Figure)
+    plan = video_plan(clip.num_frames, clip.fps, clip.height, clip.width)
+    axes = temporal_patch_figure(clip, plan).axes
+    assert len(axes) == 2 * plan.grid_thw[0]  # two frames per temporal patch
+    shown = [axis.images[0].get_array() for axis in axes]  # row-major: first frames of each patch, then the seconds
+    for k, index in enumerate(plan.frame_indices):
+        assert (shown[(k % 2) * plan.grid_thw[0] + k // 2] == clip.frames[index]).all()
