@@ -80,7 +80,7 @@ def vision_figures(specimen, prompt, cache, maps) -> dict:
         "vision_rotary": rotary_figure(cache["vision.rotary.cos"], grid[0], config),
         "windows": window_figure(picture, grid[0], config),
         f"vision_attention_block{block}": patch_attention_figure(maps, prompt, block, rows // 2, cols // 2),
-        "merged_tokens": token_map_figure(cache["vision.merger.output"], picture, grid[0], "merger output: first 3 principal components"),
+        "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output: 3 principal components"),
     }
 
 

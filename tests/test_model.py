@@ -83,3 +83,9 @@ def test_unwrap_gives_the_module_and_refuses_the_rest(tiny):
 def test_a_specimen_names_a_kind_it_does_not_know(tiny):
     with pytest.raises(ValueError, match=r"kind='random'; expected one of \('toy', 'tiny', 'untrained'"):
         Specimen(tiny.model, "tiny", "random")
+
+
+def test_the_untrained_toy_is_labelled_untrained():
+    from anatomy.toy import untrained_toy
+
+    assert untrained_toy().kind == "untrained"

@@ -35,9 +35,11 @@ def merge_by_hand(merger, patches: torch.Tensor) -> torch.Tensor:
     return merger.mlp[2](merger.mlp[1](merger.mlp[0](grouped)))
 
 
-def token_map_figure(tokens: torch.Tensor, image, grid_thw, title: str) -> Figure:
-    """Merged tokens (raster order, one image) as an RGB map of their first 3 principal components."""
-    _, rows, cols = (int(v) for v in torch.as_tensor(grid_thw).reshape(-1))
+def token_map_figure(tokens: torch.Tensor, prompt, title: str) -> Figure:
+    """Merged tokens (raster order) of the prompt's first image as an RGB map of their first 3 principal components."""
+    grid_thw = prompt.grid_thw[0]
+    image = prompt.image
+    _, rows, cols = (int(v) for v in grid_thw)
     colours = principal_rgb(tokens[: rows * cols // 4].float().reshape(rows // 2, cols // 2, -1))
     figure = Figure(figsize=(10, 4), layout="constrained")
     left, right = figure.subplots(1, 2)

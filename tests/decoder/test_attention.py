@@ -5,7 +5,15 @@ import torch
 
 import anatomy
 from anatomy.capture.budget import AttentionBudgetExceeded
-from anatomy.decoder.attention import attention_rows, estimate_bytes, image_cells, image_map, shares
+from anatomy.decoder.attention import (
+    _keys,
+    attention_rows,
+    estimate_bytes,
+    image_cells,
+    image_map,
+    record_attention,
+    shares,
+)
 from anatomy.decoder.mrope import rope_index
 from anatomy.model import token_kinds
 
@@ -85,3 +93,17 @@ def test_image_map_refuses_an_uncaptured_layer(tiny, batch):
     rows, _ = attention_rows(tiny, batch, layers=[0])
     with pytest.raises(ValueError, match="layer 2 was not captured"):
         image_map(rows, batch, layer=2)
+
+
+def test_record_attention_called_directly_enforces_the_budget_before_any_hook(tiny, batch):
+    before = sum(len(m._forward_hooks) for m in tiny.model.modules())
+    with pytest.raises(AttentionBudgetExceeded, match="above budget_bytes=1,000"):
+        with record_attention(tiny, batch, rows=range(10), budget_bytes=1000):
+            raise AssertionError("the block must not be entered")
+    assert sum(len(m._forward_hooks) for m in tiny.model.modules()) == before
+
+
+def test_keys_fail_loudly_when_transformers_stops_passing_the_cache(tiny, batch):
+    module = tiny.model.model.language_model.layers[0].self_attn
+    with pytest.raises(RuntimeError, match="without a 'cache' keyword .*must be updated"):
+        _keys(module, {"position_embeddings": None, "past_key_values": None}, torch.zeros(1, 3, 128))

@@ -6,7 +6,8 @@ import torch
 import anatomy
 from anatomy import run
 from anatomy.capture.orders import merge_groups
-from anatomy.vision.merger import merge_by_hand, merger_shapes
+from anatomy.lab.figures import principal_rgb
+from anatomy.vision.merger import merge_by_hand, merger_shapes, token_map_figure
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,11 @@ def test_released_merger_widths():
     merger = anatomy.load("7B").model.model.visual.merger
     assert merger.mlp[0].in_features == 4 * 1280 == 5120 and merger.mlp[2].out_features == 3584
     assert merger_shapes(config)[-1] == ("mlp.2 Linear", "(tokens, 3584)")
+
+
+def test_token_map_shows_each_token_at_its_cell(tiny, batch, cache):
+    picture, tokens = token_map_figure(cache["vision.merger.output"], batch, "merged").axes
+    _, rows, cols = batch["image_grid_thw"][0].tolist()
+    expected = principal_rgb(cache["vision.merger.output"].reshape(rows // 2, cols // 2, -1))
+    assert (tokens.images[0].get_array() == expected).all()  # token k of the raster at row k // (cols/2)
+    assert picture.images[0].get_array().shape[:2] == (rows * 14, cols * 14)
