@@ -31,7 +31,7 @@ test: unit notebooks
 # The modules whose docstring examples need no model run as doctests.
 DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py anatomy/capture/budget.py anatomy/lab \
              anatomy/vision/resize.py anatomy/vision/video.py anatomy/vision/patches.py anatomy/vision/windows.py \
-             anatomy/vision/rotary.py anatomy/decoder/gqa.py
+             anatomy/vision/rotary.py anatomy/decoder/gqa.py anatomy/toy/example.py
 
 unit: toy
 	$(PY) -m pytest -q tests

@@ -57,11 +57,11 @@ def load_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
 def _checked(image: Image.Image) -> Image.Image:
     width, height = image.size
     if width == 0 or height == 0:
-        raise ValueError(f"image is empty ({width}x{height} pixels); expected at least 1x1")
+        raise ValueError(f"image is empty ({height} x {width} px, height x width); expected at least 1 x 1")
     ratio = max(width, height) / min(width, height)
     if ratio > MAX_ASPECT_RATIO:
         raise ValueError(
-            f"image of {width}x{height} pixels has aspect ratio {ratio:.1f}; "
+            f"image of {height} x {width} px (height x width) has aspect ratio {ratio:.1f}; "
             f"Qwen2.5-VL accepts at most {MAX_ASPECT_RATIO}"
         )
     return image

@@ -10,6 +10,10 @@ weights, ``offline_processor`` builds the same one:
 - the released ``preprocessor_config.json`` values for images, and the
   qwen-vl-utils values for video.
 
+Sizes are height x width everywhere in this package (``resize_plan(height, width)``,
+``ResizePlan.resized == (height, width)``, printed as ``480 x 640``), as in
+``image_grid_thw`` = (t, rows, columns); only PIL's ``image.size`` is (width, height).
+
 >>> proc = offline_processor()
 >>> proc.tokenizer("Hello world").input_ids
 [9707, 1879]
@@ -104,10 +108,11 @@ class ResizePlan:
         return (1, *self.patch_grid)
 
     def check(self, image) -> None:
-        """Refuse an image (PIL) that is not the H x W this plan was made for."""
-        size = getattr(image, "size", None)
-        if size != self.original[::-1]:
-            raise ValueError(f"image of size {size} (W x H) does not match the plan's original {self.original[::-1]} (W x H)")
+        """Refuse an image (PIL) that is not the height x width this plan was made for."""
+        width, height = getattr(image, "size", (None, None))
+        if (height, width) != self.original:
+            raise ValueError(f"image of {height} x {width} px (height x width) does not match the plan's original "
+                             f"{self.original[0]} x {self.original[1]}")
 
 
 def check_size(height, width) -> None:

@@ -31,7 +31,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 
 from anatomy.capture.budget import FLOAT_BYTES, check_budget, check_reduce
 from anatomy.inputs import resized
-from anatomy.lab.figures import draw_over_image
+from anatomy.lab.figures import draw_cells, draw_picture, outline_cells
 from anatomy.lab.widgets import Explorer
 from anatomy.model import IMAGE, TEXT, check_heads, check_layers, decoder_layers
 
@@ -252,28 +252,52 @@ def _known(value, captured: list, what: str):
 
 
 def image_attention_figure(attention: AttentionRows, prompt, layer=None, head=None, row=None) -> Figure:
-    """One panel: attention of the rows on the prompt's first image, for ``layer``/``head``/``row`` (None: averaged)."""
+    """The picture, its cells holding half the attention outlined, beside the attention map on its merged grid.
+
+    ``layer``/``head``/``row`` pick what is drawn (None: averaged). The picture keeps its colours.
+    """
     cells = image_map(attention, prompt, layer, head, row)
-    figure = Figure(figsize=(5.5, 4.4), layout="constrained")
-    axis = figure.subplots()
+    figure = Figure(figsize=(8.4, 4.0), layout="constrained")
+    left, right = figure.subplots(1, 2)
     where = ", ".join(f"{name} {'mean' if value is None else value}"
                       for name, value in (("layer", layer), ("head", head), ("row", row)))
-    draw_over_image(axis, resized(prompt.image, prompt.grid_thw[0]), cells, f"attention on the image (sum {cells.sum():.3f})\n{where}")
-    figure.colorbar(axis.images[-1], ax=axis, shrink=0.8, label="probability")
-    return figure
-
-
-def heads_figure(attention: AttentionRows, prompt) -> Figure:
-    """Small multiples: one row per captured layer, one column per captured head, each on its own colour scale."""
-    layers, heads = attention.layers, attention.heads
-    figure = Figure(figsize=(2.2 * len(heads), 2.0 * len(layers)), layout="constrained")
-    axes = np.atleast_2d(figure.subplots(len(layers), len(heads), squeeze=False))
     picture = resized(prompt.image, prompt.grid_thw[0])
-    for i, layer in enumerate(layers):
-        for j, head in enumerate(heads):
-            cells = image_map(attention, prompt, layer, None if head == "mean" else head)
-            draw_over_image(axes[i, j], picture, cells, f"L{layer} H{head} ({cells.sum():.2f})")
+    draw_picture(left, picture, "the picture; outlined: cells holding\nhalf of this attention")
+    outline_cells(left, cells, picture.height / cells.shape[0])
+    shown = draw_cells(right, cells, f"attention on the image (sum {cells.sum():.3f})\n{where}")
+    right.set(xlabel="token column", ylabel="token row")
+    figure.colorbar(shown, ax=right, shrink=0.8, label="probability")
     return figure
+
+
+def heads_figure(attention: AttentionRows, prompt, columns: int = 4) -> Figure:
+    """Small multiples on one colour scale: the picture, then one panel per captured (layer, head), ``columns`` a row.
+
+    Each title gives the layer, the head and the head's total attention on the image.
+    """
+    panels = [(layer, head) for layer in attention.layers for head in attention.heads]
+    maps = [image_map(attention, prompt, layer, None if head == "mean" else head) for layer, head in panels]
+    vmax = max(float(cells.max()) for cells in maps)
+    rows = -(-(len(panels) + 1) // columns)
+    figure = Figure(figsize=(2.3 * columns + 0.8, 2.3 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    draw_picture(axes[0], resized(prompt.image, prompt.grid_thw[0]), "the picture")
+    for axis, (layer, head), cells in zip(axes[1:], panels, maps):
+        shown = draw_cells(axis, cells, f"layer {layer} head {head} ({cells.sum():.2f})", vmax=vmax)
+    for axis in axes[len(panels) + 1 :]:
+        axis.set_visible(False)
+    figure.colorbar(shown, ax=axes.tolist(), shrink=0.6, label="probability (one scale for all panels)")
+    return figure
+
+
+def cell_attention(attention: AttentionRows, prompt, cell: tuple[int, int], image: int = 0) -> torch.Tensor:
+    """(layers, heads) attention on the merged token at ``cell`` (row, column) of image ``image``, mean over rows."""
+    probs = attention.probs.mean(dim=2)  # (layers, heads, keys)
+    grids = [image_cells(keys, prompt.kinds, prompt.grid_thw, image).mean(0) for keys in probs.flatten(0, 1)]
+    row, col = cell
+    if not (0 <= row < grids[0].shape[0] and 0 <= col < grids[0].shape[1]):
+        raise ValueError(f"cell {cell} is outside the image's {grids[0].shape[0]} x {grids[0].shape[1]} merged tokens")
+    return torch.stack([grid[row, col] for grid in grids]).reshape(probs.shape[:2])
 
 
 def shares_figure(split: dict[str, torch.Tensor], layers: list[int]) -> Figure:

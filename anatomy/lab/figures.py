@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib.patches import Rectangle
 from PIL import Image
 
 
@@ -27,18 +28,58 @@ def principal_rgb(grid: torch.Tensor) -> np.ndarray:
     return ((scores - low) / (high - low).clamp_min(1e-12)).reshape(*grid.shape[:2], 3).numpy()
 
 
-def draw_over_image(axis, picture: Image.Image, cells: torch.Tensor, title: str = "") -> None:
-    """Draw ``cells`` (h', w') as a heat map over ``picture`` (the resized image), stretched to cover it."""
+def top_cells(cells: torch.Tensor, share: float = 0.5) -> list[tuple[int, int]]:
+    """The fewest (row, col) cells of ``cells`` (rows, cols) that together hold ``share`` of its sum, largest first.
+
+    >>> top_cells(torch.tensor([[0.1, 0.6], [0.3, 0.0]]))
+    [(0, 1)]
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share={share}; expected a fraction in (0, 1]")
+    flat = cells.flatten().double()
+    order = flat.argsort(descending=True)
+    needed = int((flat[order].cumsum(0) < share * flat.sum()).sum()) + 1
+    return [divmod(int(k), cells.shape[1]) for k in order[:needed]]
+
+
+def outline_cells(axis, cells: torch.Tensor, step: float, share: float = 0.5, colour: str = "cyan") -> None:
+    """Outline on a picture the cells of ``cells`` (rows, cols, ``step`` px each) that hold ``share`` of its sum.
+
+    The picture keeps its own colours: attention is never painted over it as a tint.
+    """
+    for row, col in top_cells(cells, share):
+        axis.add_patch(Rectangle((col * step - 0.5, row * step - 0.5), step, step, fill=False, ec=colour, lw=2))
+
+
+def draw_picture(axis, picture: Image.Image, title: str = "") -> None:
+    """The picture as it is, without ticks."""
     axis.imshow(picture)
-    axis.imshow(cells.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest",
-                extent=(0, picture.width, picture.height, 0))
     axis.set(title=title, xticks=[], yticks=[])
 
 
-def grid_lines(axis, size: tuple[int, int], step: int, style: dict) -> None:
-    """Vertical and horizontal lines every ``step`` px over a (width, height) picture."""
-    width, height = size
-    for x in range(step, width, step):
-        axis.axvline(x - 0.5, **style)
-    for y in range(step, height, step):
-        axis.axhline(y - 0.5, **style)
+def draw_cells(axis, cells: torch.Tensor, title: str = "", vmax: float | None = None, cmap: str = "inferno"):
+    """``cells`` (rows, cols) as a heat map from 0 to ``vmax``, integer ticks, light lines between cells.
+
+    Returns the image, for a colour bar.
+    """
+    shown = axis.imshow(cells.numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    rows, cols = cells.shape
+    axis.set_xticks(range(cols))
+    axis.set_yticks(range(rows))
+    axis.set_xticks(np.arange(cols + 1) - 0.5, minor=True)
+    axis.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
+    axis.grid(which="minor", color="0.6", lw=0.5)
+    axis.tick_params(which="both", length=0, labelsize=7)
+    axis.set_title(title, fontsize=9)
+    return shown
+
+
+def grid_lines(axis, shape: tuple[int, int], step: int, width: float = 0.6) -> None:
+    """Lines every ``step`` px over a picture of ``shape`` (height, width) px, dark with a light edge.
+
+    Drawn twice (a wider white line under a dark one), they show on dark and light pictures alike.
+    """
+    height, wide = shape
+    for colour, line in (("white", 2.2 * width), ("0.15", width)):
+        axis.vlines(np.arange(step, wide, step) - 0.5, -0.5, height - 0.5, colors=colour, linewidth=line)
+        axis.hlines(np.arange(step, height, step) - 0.5, -0.5, wide - 0.5, colors=colour, linewidth=line)

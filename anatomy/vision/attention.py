@@ -32,6 +32,7 @@ from transformers.vision_utils import get_vision_cu_seqlens
 from anatomy.capture.budget import FLOAT_BYTES, check_budget, check_reduce
 from anatomy.capture.orders import window_lengths, window_to_raster
 from anatomy.inputs import resized
+from anatomy.lab.figures import draw_cells, draw_picture, outline_cells
 from anatomy.model import block_kinds, select, unwrap, vision_blocks
 
 
@@ -198,15 +199,22 @@ def patch_attention_figure(maps: VisionAttention, prompt, block: int, row: int, 
     picture = resized(prompt.image, grid)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = figure.subplots(1, 2)
-    left.imshow(picture)
-    left.imshow(np.kron(probabilities, np.ones((14, 14))), cmap="magma", alpha=0.65)
-    left.add_patch(_patch_box(row, col))
     head_name = "head mean" if maps[block].reduce == "mean" else f"head {maps[block].heads[head]}"
-    left.set(title=f"block {block} ({maps[block].kind} attention), {head_name}: where patch ({row}, {col}) looks")
-    shown = right.imshow(probabilities, cmap="magma")
-    right.set(title="the same probabilities on the patch grid", xlabel="patch column", ylabel="patch row")
-    figure.colorbar(shown, ax=right, shrink=0.8)
+    draw_picture(left, picture, f"block {block} ({maps[block].kind} attention), {head_name}: patch ({row}, {col})\n"
+                                "(cyan); orange: the patches holding half of its attention")
+    outline_cells(left, torch.as_tensor(probabilities), 14, colour="orange")
+    left.add_patch(_patch_box(row, col))
+    shown = draw_cells(right, torch.as_tensor(probabilities), "the probabilities on the patch grid", cmap="magma")
+    right.set(xlabel="patch column", ylabel="patch row")
+    _sparse_ticks(right, probabilities.shape)
+    figure.colorbar(shown, ax=right, shrink=0.8, label="probability")
     return figure
+
+
+def _sparse_ticks(axis, shape: tuple[int, int], most: int = 14) -> None:
+    """Integer ticks on a (rows, cols) grid, at most ``most`` a side."""
+    for setter, size in ((axis.set_yticks, shape[0]), (axis.set_xticks, shape[1])):
+        setter(range(0, size, -(-size // most)))
 
 
 def _patch_box(row: int, col: int) -> Rectangle:

@@ -4,9 +4,9 @@ Qwen2.5-VL never crops or pads. It resizes every image so that each side is a
 multiple of 28 px (one merged token = 2x2 patches of 14 px) and the area lies
 within [min_pixels, max_pixels] (transformers' ``smart_resize``)::
 
-    640 x 480 (W x H)  -> round each side to 28:   644 x 476
-                       -> 46 x 34 patches of 14 px = 1564 rows of pixel_values
-                       -> 23 x 17 merged tokens    =  391 <|image_pad|> tokens
+    480 x 640 (height x width) -> round each side to 28:   476 x 644
+                               -> 34 x 46 patches of 14 px = 1564 rows of pixel_values
+                               -> 17 x 23 merged tokens    =  391 <|image_pad|> tokens
 
 >>> plan = resize_plan(480, 640)
 >>> plan.resized, plan.patch_grid, plan.tokens
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
 from anatomy.inputs import resized
+from anatomy.lab.figures import grid_lines
 from anatomy.processor import FACTOR, MAX_PIXELS, MIN_PIXELS, PATCH_SIZE, ROW_VALUES, ResizePlan, resize_plan
 
 
@@ -72,14 +72,13 @@ def grid_figure(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: in
     height, width = plan.resized
     figure = Figure(figsize=(7, 7 * height / width + 0.6), layout="constrained")
     axis = figure.subplots()
-    axis.imshow(resized(image, plan), extent=(0, width, height, 0))
-    for step, line in ((PATCH_SIZE, 0.4), (FACTOR, 1.4)):
-        axis.vlines(np.arange(0, width + 1, step), 0, height, colors="white", linewidth=line, alpha=0.8)
-        axis.hlines(np.arange(0, height + 1, step), 0, width, colors="white", linewidth=line, alpha=0.8)
-    axis.set(xlim=(0, width), ylim=(height, 0), xlabel="x (px)", ylabel="y (px)")
+    axis.imshow(resized(image, plan))
+    for step, line in ((PATCH_SIZE, 0.3), (FACTOR, 1.0)):
+        grid_lines(axis, (height, width), step, width=line)
+    axis.set(xlabel="x (px)", ylabel="y (px)")
     (rows, cols), (token_rows, token_cols) = plan.patch_grid, plan.token_grid
     axis.set_title(
-        f"{plan.original[1]}x{plan.original[0]} -> {width}x{height} px (W x H)\n"
+        f"{plan.original[0]} x {plan.original[1]} -> {height} x {width} px (height x width)\n"
         f"{rows}x{cols} patches of 14 px (thin), {token_rows}x{token_cols} = {plan.tokens} tokens of 28 px (thick)"
     )
     return figure

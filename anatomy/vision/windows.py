@@ -6,7 +6,7 @@ patches = 4x4 merged tokens; smaller at the right and bottom edges). Blocks
 window. The partition is read off the window order (``anatomy.capture.orders``),
 which is transformers' own ``get_vision_window_index``.
 
-For a 448x336 image (24x32 patches) the windows form a 3x4 grid:
+For a 336 x 448 image (height x width: 24 x 32 patches) the windows form a 3x4 grid:
 
 >>> from anatomy.model import shipped_config
 >>> parts = windows((1, 24, 32), shipped_config("7B").vision_config)
@@ -89,10 +89,10 @@ def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
     figure = Figure(figsize=(8, 8 * picture.height / picture.width + 0.6), layout="constrained")
     axis = figure.subplots()
     axis.imshow(picture)
-    grid_lines(axis, picture.size, PATCH, dict(color="white", lw=0.4, alpha=0.6))
-    grid_lines(axis, picture.size, PATCH * vision_config.spatial_merge_size, dict(color="white", lw=0.8, alpha=0.8))
+    grid_lines(axis, (picture.height, picture.width), PATCH, width=0.3)
+    grid_lines(axis, (picture.height, picture.width), PATCH * vision_config.spatial_merge_size, width=0.9)
     for w, (x0, y0, x1, y1) in enumerate(parts.boxes):
-        axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2))
+        axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2))
         axis.text(x0 + 4, y0 + 4, f"w{w}: {parts.lengths[w]}", color="red", va="top", fontsize=8,
                   bbox=dict(fc="white", alpha=0.7, lw=0, pad=1))
     axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px (label: window id: patches)\n"

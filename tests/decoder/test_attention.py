@@ -8,7 +8,9 @@ from anatomy.capture.budget import AttentionBudgetExceeded
 from anatomy.decoder.attention import (
     _keys,
     attention_rows,
+    cell_attention,
     estimate_bytes,
+    heads_figure,
     image_cells,
     image_map,
     record_attention,
@@ -107,3 +109,22 @@ def test_keys_fail_loudly_when_transformers_stops_passing_the_cache(tiny, batch)
     module = tiny.model.model.language_model.layers[0].self_attn
     with pytest.raises(RuntimeError, match="without a 'cache' keyword .*must be updated"):
         _keys(module, {"position_embeddings": None, "past_key_values": None}, torch.zeros(1, 3, 128))
+
+
+def test_cell_attention_is_the_image_map_at_that_cell(tiny, batch):
+    rows, _ = attention_rows(tiny, batch, layers=[0, 2], heads=[1, 3])
+    at = cell_attention(rows, batch, (2, 5))
+    for i, layer in enumerate(rows.layers):
+        for j, head in enumerate(rows.heads):
+            assert at[i, j] == image_map(rows, batch, layer, head)[2, 5]
+    with pytest.raises(ValueError, match=r"cell \(99, 0\) is outside"):
+        cell_attention(rows, batch, (99, 0))
+
+
+def test_heads_figure_draws_every_head_on_one_scale(tiny, batch):
+    rows, _ = attention_rows(tiny, batch, layers=[0, 1], heads=[0, 1, 2])
+    figure = heads_figure(rows, batch, columns=4)
+    maps = [axis.images[0] for axis in figure.axes if axis.get_visible() and axis.get_title().startswith("layer")]
+    assert len(maps) == 6
+    top = max(float(image_map(rows, batch, layer, head).max()) for layer in (0, 1) for head in (0, 1, 2))
+    assert {image.get_clim() for image in maps} == {(0, top)}

@@ -35,4 +35,4 @@ def test_the_attention_explorer_offers_what_was_recorded(tiny, batch):
     options = {name: [value for _, value in control.options] for name, control in panel.controls.items()}
     assert options == {"layer": [None, 1, 3], "head": [None, 0, 2], "token": [None, 0, 1]}
     panel.controls["layer"].value = 3
-    assert "layer 3, head mean, row mean" in panel.figure().axes[0].get_title()
+    assert "layer 3, head mean, row mean" in panel.figure().axes[1].get_title()  # beside the picture

@@ -99,8 +99,8 @@ def test_grid_figure_draws_every_patch_and_token_line_over_the_resized_image(pic
     axis = grid_figure(picture).axes[0]
     (height, width), (rows, cols) = plan.resized, plan.patch_grid
     assert axis.images[0].get_array().shape[:2] == (height, width)
-    vertical_patch, horizontal_patch, vertical_token, horizontal_token = (len(c.get_segments()) for c in axis.collections)
-    assert (vertical_patch, horizontal_patch) == (cols + 1, rows + 1)  # a line at every 14 px, both edges included
-    assert (vertical_token, horizontal_token) == (plan.token_grid[1] + 1, plan.token_grid[0] + 1)
+    counts = [len(c.get_segments()) for c in axis.collections]  # per grid: light then dark, vertical then horizontal
+    assert counts[:4] == [cols - 1, rows - 1] * 2  # a line between every two 14-px patches
+    assert counts[4:] == [plan.token_grid[1] - 1, plan.token_grid[0] - 1] * 2  # and between every two 28-px tokens
     with pytest.raises(ValueError, match="does not match"):
         ResizePlan((10, 10), (28, 28), (2, 2), (1, 1)).check(picture)
