@@ -2,12 +2,18 @@
 
     python -m anatomy dissect photo.jpg --out figures/
 
-prints the token counts, one line per captured component with its shape,
-and the parameter table, and writes the figures it drew to ``--out``.
+prints the question and the model's answer (decoded), the token counts, one
+line per captured component with its shape, and the parameter table, and writes
+the figures it drew to ``--out``.
+
+The toy answers only the questions of its task, so on the toy the default
+question is one of them ("What colour is the cross?"), and any other question
+is asked with a warning. Other models get the reference request's question.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +26,8 @@ from anatomy.overview.parameters import count_parameters
 from anatomy.overview.residuals import residual_norms_figure
 from anatomy.processor import resize_plan
 from anatomy.sources import load
+from anatomy.toy.example import QUESTION as TOY_QUESTION
+from anatomy.toy.example import is_toy_question
 from anatomy.vision.attention import patch_attention_figure, record_attention
 from anatomy.vision.merger import token_map_figure
 from anatomy.vision.patches import embedding_figure
@@ -32,6 +40,7 @@ IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 # (about 8 GB for a 1080p image on the 7B).
 SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
          "decoder.layers.*.output")
+ANSWER_TOKENS = 32  # new tokens generated for the answer; the toy's answer is its first token (it never stops)
 
 
 def token_counts(specimen, batch) -> dict[str, int]:
@@ -46,13 +55,40 @@ def token_counts(specimen, batch) -> dict[str, int]:
     }
 
 
-def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = REFERENCE_QUESTION) -> str:
-    """Run one captured forward pass; return the report, and save figures under ``out``."""
+def question_for(specimen, text: str | None) -> str:
+    """The question to ask: ``text``, or the default for this model; warns when the toy cannot answer ``text``."""
+    if specimen.kind != "toy":
+        return REFERENCE_QUESTION if text is None else text
+    if text is None:
+        return TOY_QUESTION
+    if not is_toy_question(text):
+        warnings.warn(f"the toy answers only its task's questions, such as {TOY_QUESTION!r}; "
+                      f"its answer to {text!r} means nothing", stacklevel=3)
+    return text
+
+
+def answer(specimen, prompt) -> str:
+    """The model's greedy answer to ``prompt``, decoded for people (no byte-level symbols, no special tokens).
+
+    The toy answers with one token and was not trained to stop, so only its first token is its answer.
+    """
+    new_tokens = 1 if specimen.kind == "toy" else ANSWER_TOKENS
+    with torch.no_grad():
+        sequence = specimen.model.generate(**prompt, max_new_tokens=new_tokens, do_sample=False)
+    return specimen.processor.tokenizer.decode(sequence[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def dissect(image, source: str = "toy", out: str | Path | None = None, text: str | None = None) -> str:
+    """Run one captured forward pass; return the report, and save figures under ``out``.
+
+    ``text``: the question (None: the toy's running question on the toy, the reference request's otherwise).
+    """
     specimen = load(source)
     if not specimen.has_weights:
         raise ValueError(f"model {source!r} is a skeleton without weights; dissect needs one that runs")
     picture = load_image(image)
-    prompt = encode(specimen, picture, text)
+    question = question_for(specimen, text)
+    prompt = encode(specimen, picture, question)
     full_block = block_kinds(specimen.config.vision_config).index("full")
     with torch.no_grad(), capture(specimen, list(SITES)) as cache, record_attention(specimen, prompt, [full_block]) as maps:
         specimen.model(**prompt)
@@ -60,7 +96,8 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
         "residual_norms": residual_norms_figure(cache),
         "answer_attention": answer_attention_figure(specimen, prompt),
     }
-    lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
+    lines = [repr(specimen), "", f"question: {question}", f"answer:   {answer(specimen, prompt)}", ""]
+    lines += [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:
         lines += ["", *save_figures(drawn, out)]

@@ -1,13 +1,18 @@
-"""The headless job, end to end on the tiny model."""
+"""The headless job, end to end on the tiny model and on the toy."""
 
 import re
 import subprocess
 import sys
 
+import pytest
+import torch
 from PIL import Image
 
+import anatomy
 from anatomy.__main__ import main
-from anatomy.inputs import demo_image
+from anatomy.dissect import ANSWER_TOKENS, answer, dissect
+from anatomy.inputs import demo_image, encode
+from anatomy.toy.example import QUESTION, running_example
 
 
 def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
@@ -37,3 +42,37 @@ def test_dissect_refuses_a_bad_image_with_one_message(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {str(tmp_path / 'missing.jpg')!r} does not exist or is not a file"]
+
+
+def test_on_the_toy_it_asks_the_running_question_and_prints_the_generated_answer(tmp_path, capsys):
+    example = running_example()
+    image = tmp_path / "cross.png"
+    Image.fromarray(example.picture).save(image)
+    assert main(["dissect", str(image)]) == 0  # the toy is the default model
+    report = capsys.readouterr().out
+    toy = anatomy.load("toy")
+    prompt = encode(toy, example.picture, QUESTION)
+    with torch.no_grad():
+        generated = toy.model.generate(**prompt, max_new_tokens=1, do_sample=False)[0, -1:]
+    said = toy.processor.tokenizer.decode(generated)
+    assert f"question: {QUESTION}\nanswer:   {said}\n" in report
+    assert said == example.answer  # and the trained toy gets it right
+
+
+def test_on_the_toy_another_question_is_asked_with_a_warning(tmp_path):
+    image = tmp_path / "cross.png"
+    Image.fromarray(running_example().picture).save(image)
+    with pytest.warns(UserWarning, match="answers only its task's questions"):
+        report = dissect(image, "toy", text="What is the text in the illustrate?")
+    assert "question: What is the text in the illustrate?\nanswer:   " in report
+
+
+def test_answers_are_decoded_for_people(tiny):
+    prompt = encode(tiny, demo_image(56, 84), "Describe the picture.")
+    with torch.no_grad():
+        generated = tiny.model.generate(**prompt, max_new_tokens=ANSWER_TOKENS, do_sample=False)
+    new = generated[0, prompt["input_ids"].shape[1]:]
+    text = answer(tiny, prompt)
+    assert text == tiny.processor.tokenizer.decode(new, skip_special_tokens=True)
+    raw = "".join(tiny.processor.tokenizer.convert_ids_to_tokens(new.tolist()))
+    assert "Ġ" in raw and "Ġ" not in text  # the byte-level symbol for a space is gone once decoded

@@ -92,7 +92,7 @@ def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
     grid_lines(axis, (picture.height, picture.width), PATCH, width=0.3)
     grid_lines(axis, (picture.height, picture.width), PATCH * vision_config.spatial_merge_size, width=0.9)
     for w, (x0, y0, x1, y1) in enumerate(parts.boxes):
-        axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2))
+        axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2, zorder=3))
         axis.text(x0 + 4, y0 + 4, f"w{w}: {parts.lengths[w]}", color="red", va="top", fontsize=8,
                   bbox=dict(fc="white", alpha=0.7, lw=0, pad=1))
     axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px (label: window id: patches)\n"
