@@ -66,6 +66,21 @@ def token_budget(plan: ResizePlan, vision_config=None, text_config=None, bytes_p
     )
 
 
+def memory_ratio(height: int, width: int, max_pixels: int, smaller_max_pixels: int,
+                 part: str = "eager_full_attention") -> float:
+    """How many times less memory ``part`` of ``token_budget`` takes for a height x width image when
+    ``max_pixels`` is lowered to ``smaller_max_pixels``.
+
+    >>> round(memory_ratio(1080, 1920, 1024 * 28 * 28, 512 * 28 * 28, "pixel_values"), 2)   # 4032 -> 1920 rows
+    2.1
+    """
+    if part not in Budget.__dataclass_fields__:
+        raise ValueError(f"part={part!r}; expected one of {list(Budget.__dataclass_fields__)}")
+    before, after = (getattr(token_budget(resize_plan(height, width, max_pixels=m)), part)
+                     for m in (max_pixels, smaller_max_pixels))
+    return before / after
+
+
 def grid_figure(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Figure:
     """The resized image with its 14-px patch grid (thin) and 28-px merged-token grid (thick)."""
     plan = resize_plan(image.height, image.width, min_pixels, max_pixels)

@@ -9,7 +9,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from anatomy import capture
 from anatomy.inputs import resized
 from anatomy.processor import MAX_PIXELS, MIN_PIXELS, ResizePlan, offline_processor, resize_plan
-from anatomy.vision.resize import grid_figure, token_budget
+from anatomy.vision.resize import grid_figure, memory_ratio, token_budget
 
 REDUCED = 256 * 28 * 28
 SIZES = [(224, 224), (480, 640), (1080, 1920), (28, 28), (20, 20), (5, 1000)]  # (height, width)
@@ -104,3 +104,13 @@ def test_grid_figure_draws_every_patch_and_token_line_over_the_resized_image(pic
     assert counts[4:] == [plan.token_grid[1] - 1, plan.token_grid[0] - 1] * 2  # and between every two 28-px tokens
     with pytest.raises(ValueError, match="does not match"):
         ResizePlan((10, 10), (28, 28), (2, 2), (1, 1)).check(picture)
+
+
+def test_memory_ratio_follows_the_processors_patch_counts():
+    picture = _picture(1080, 1920)
+    rows = [offline_processor(max_pixels=m).image_processor(images=[picture], return_tensors="pt")["pixel_values"].shape[0]
+            for m in (1024 * 28 * 28, 256 * 28 * 28)]  # one row per patch, from the processor itself
+    assert memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28) == (rows[0] / rows[1]) ** 2
+    assert memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28, "pixel_values") == rows[0] / rows[1]
+    with pytest.raises(ValueError, match="part='weights'"):
+        memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28, "weights")
