@@ -178,6 +178,22 @@ def _tokenizer_json() -> str:
     return json.dumps(spec)
 
 
+def token_texts(tokenizer, ids) -> list[str]:
+    """What each token id reads as, for people: ``[13, 11454] -> ['.', ' red']``, not the byte-level ``'Ġred'``.
+
+    A token that is only a piece of a multi-byte character has no text of its own; it keeps its
+    byte-level form (``'Ã¤'``), which notebook 02 explains.
+
+    >>> token_texts(offline_tokenizer(), [13, 2518, 198])
+    ['.', ' red', '\\n']
+    """
+    texts = []
+    for i in (int(i) for i in ids):
+        text = tokenizer.decode([i])
+        texts.append(tokenizer.convert_ids_to_tokens(i) if "\ufffd" in text else text)
+    return texts
+
+
 def offline_tokenizer() -> Qwen2Tokenizer:
     """The Qwen2.5-VL tokenizer: 151,643 BPE tokens plus the 22 added ones."""
     return Qwen2Tokenizer(

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from anatomy.capture.hooks import run
 from anatomy.model import decoder, decoder_layers, lm_head
+from anatomy.processor import token_texts
 
 
 def _positions(positions, seq: int) -> list[int]:
@@ -44,8 +45,8 @@ def logit_lens(specimen, batch, positions=-1, top_k: int = 5) -> list[list[list[
     """Top ``top_k`` (token, probability) per layer and position: [layer][position][rank]."""
     probs = torch.softmax(lens_logits(specimen, residuals(specimen, batch, positions)).float(), dim=-1)
     top = torch.topk(probs, top_k, dim=-1)  # (layers, positions, k)
-    decode = specimen.processor.tokenizer.convert_ids_to_tokens
-    return [[list(zip(decode(ids.tolist()), values.tolist())) for ids, values in zip(*pair)]
+    tokenizer = specimen.processor.tokenizer
+    return [[list(zip(token_texts(tokenizer, ids), values.tolist())) for ids, values in zip(*pair)]
             for pair in zip(top.indices, top.values)]
 
 

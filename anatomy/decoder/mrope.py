@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.model import KIND_NAMES, decoder, multimodal, token_kinds
+from anatomy.processor import token_texts
 
 AXES = ("time", "height", "width")
 
@@ -48,7 +49,7 @@ def position_table(specimen, batch, rows: slice | None = None) -> list[dict]:
     """One dict per token: index, token text, kind (text/image/video) and its (time, height, width) ids."""
     ids, _ = rope_index(specimen, batch)
     kinds = token_kinds(specimen.config, batch["input_ids"])
-    tokens = specimen.processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    tokens = token_texts(specimen.processor.tokenizer, batch["input_ids"][0])
     table = [
         {"index": i, "token": token, "kind": KIND_NAMES[int(kinds[i])], **dict(zip(AXES, ids[:, 0, i].tolist()))}
         for i, token in enumerate(tokens)

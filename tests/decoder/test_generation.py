@@ -6,6 +6,7 @@ import torch
 import anatomy
 from anatomy.decoder.generation import generate_traced
 from anatomy.decoder.mrope import rope_index
+from anatomy.processor import token_texts
 
 NEW = 4
 
@@ -70,3 +71,13 @@ def test_bad_arguments_name_the_value(tiny, small):
         generate_traced(tiny, small, keep=("logits",))
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         generate_traced(tiny, small, max_new_tokens=0)
+
+
+def test_texts_are_decoded_for_people(tiny, batch):
+    trace = generate_traced(tiny, batch, max_new_tokens=6, keep=("top",), top_k=5)
+    tokenizer = tiny.processor.tokenizer
+    for step in trace.steps:
+        assert step.text == tokenizer.decode([step.token])  # what the token reads as
+        assert "Ġ" not in step.text and all("Ġ" not in text for text, _ in step.top)
+    assert token_texts(tokenizer, [2518, 198]) == [" red", "\n"]  # byte-level 'Ġred' and 'Ċ'
+    assert tokenizer.convert_ids_to_tokens([2518, 198]) == ["Ġred", "Ċ"]
