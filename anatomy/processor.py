@@ -194,6 +194,15 @@ def token_texts(tokenizer, ids) -> list[str]:
     return texts
 
 
+def one_line(text: str) -> str:
+    """A token's text for a table cell or a figure label: newlines and tabs written as escapes.
+
+    >>> one_line("\\n"), one_line(" red")
+    ('\\\\n', ' red')
+    """
+    return repr(text)[1:-1]
+
+
 def offline_tokenizer() -> Qwen2Tokenizer:
     """The Qwen2.5-VL tokenizer: 151,643 BPE tokens plus the 22 added ones."""
     return Qwen2Tokenizer(

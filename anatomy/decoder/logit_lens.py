@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from anatomy.capture.hooks import run
 from anatomy.model import decoder, decoder_layers, lm_head
-from anatomy.processor import token_texts
+from anatomy.lab.figures import drawable
+from anatomy.processor import one_line, token_texts
 
 
 def _positions(positions, seq: int) -> list[int]:
@@ -52,9 +53,9 @@ def logit_lens(specimen, batch, positions=-1, top_k: int = 5) -> list[list[list[
 
 def lens_table(lens, labels: list[str]) -> str:
     """Text table: one line per layer, the top token and its probability at each position."""
-    lines = ["layer  " + "  ".join(f"{label[:18]:<26}" for label in labels)]
+    lines = ["layer  " + "  ".join(f"{one_line(label)[:18]:<26}" for label in labels)]
     for layer, row in enumerate(lens):
-        lines.append(f"{layer:>5}  " + "  ".join(f"{top[0][0][:18]:<18} {top[0][1]:.4f}" for top in row))
+        lines.append(f"{layer:>5}  " + "  ".join(f"{one_line(top[0][0])[:18]:<18} {top[0][1]:.4f}" for top in row))
     return "\n".join(lines)
 
 
@@ -66,8 +67,8 @@ def lens_figure(lens, labels: list[str]) -> Figure:
     shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0)
     for (layer, position), value in np.ndenumerate(probs):
         ink = "white" if value > probs.max() / 2 else "black"  # readable on dark cells too
-        axis.text(position, layer, lens[layer][position][0][0][:10], ha="center", va="center", fontsize=8, color=ink)
-    axis.set_xticks(np.arange(len(labels)), [label[:12] for label in labels], rotation=30)
+        axis.text(position, layer, drawable(one_line(lens[layer][position][0][0]))[:14], ha="center", va="center", fontsize=8, color=ink)
+    axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label))[:12] for label in labels], rotation=30)
     axis.set_yticks(np.arange(len(lens)))
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")
     figure.colorbar(shown, ax=axis, label="probability")

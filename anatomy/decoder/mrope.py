@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.model import KIND_NAMES, decoder, multimodal, token_kinds
-from anatomy.processor import token_texts
+from anatomy.processor import one_line, token_texts
 
 AXES = ("time", "height", "width")
 
@@ -60,7 +60,7 @@ def position_table(specimen, batch, rows: slice | None = None) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """The rows of ``position_table`` as aligned text."""
     lines = [f"{'index':>5}  {'token':<16} {'kind':<6} {'time':>5} {'height':>6} {'width':>5}"]
-    lines += [f"{r['index']:>5}  {r['token'][:16]:<16} {r['kind']:<6} {r['time']:>5} {r['height']:>6} {r['width']:>5}"
+    lines += [f"{r['index']:>5}  {one_line(r['token'])[:16]:<16} {r['kind']:<6} {r['time']:>5} {r['height']:>6} {r['width']:>5}"
               for r in table]
     return "\n".join(lines)
 

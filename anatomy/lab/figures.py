@@ -10,10 +10,30 @@ pieces several of them need live here.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from matplotlib import font_manager, ft2font
 from matplotlib.patches import Rectangle
 from PIL import Image
+
+
+@functools.cache
+def _default_font() -> ft2font.FT2Font:
+    return ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character that matplotlib's default font lacks written as its ``\\uXXXX`` escape.
+
+    A token's text can be in any script; a missing glyph would be drawn as an empty box.
+
+    >>> drawable(" red"), drawable("\u533a")      # a Chinese character the default font (DejaVu) lacks
+    (' red', '\\\\u533a')
+    """
+    font = _default_font()
+    return "".join(c if c.isascii() or font.get_char_index(ord(c)) else f"\\u{ord(c):04x}" for c in text)
 
 
 def principal_rgb(grid: torch.Tensor) -> np.ndarray:
