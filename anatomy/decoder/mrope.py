@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from anatomy.model import KIND_NAMES, decoder, multimodal, token_kinds
 from anatomy.processor import one_line, token_texts
@@ -88,6 +89,7 @@ def bands_figure(specimen) -> Figure:
     for a, (name, colour) in enumerate(zip(AXES, ("tab:purple", "tab:orange", "tab:green"))):
         chosen = np.nonzero(axes_of == a)[0]
         axis.bar(chosen, inv_freq[chosen], color=colour, label=f"{name} ({len(chosen)} frequencies)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set(yscale="log", xlabel="rotary frequency index (of head_dim/2)", ylabel="inverse frequency",
              title=f"mrope_section {rotary.mrope_section}: which axis drives which frequency")
     axis.legend(fontsize=8)
@@ -106,6 +108,8 @@ def position_ids_figure(specimen, batch) -> Figure:
         axis.fill_between(np.arange(len(kinds)), 0, 1, where=kinds == kind, color=colour, alpha=0.15,
                           transform=axis.get_xaxis_transform(), label=f"{KIND_NAMES[kind]} tokens")
     axis.set(xlabel="token index", ylabel="position id", title=f"M-RoPE ids (rope_deltas {int(deltas[0, 0])})")
+    for which in (axis.xaxis, axis.yaxis):
+        which.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize=8)
     return figure
 
