@@ -307,7 +307,8 @@ def shares_figure(split: dict[str, torch.Tensor], layers: list[int]) -> Figure:
     bottom = np.zeros(len(layers))
     for name, colour in (("first", "tab:gray"), ("text", "tab:blue"), ("image", "tab:orange")):
         values = split[name].numpy()
-        axis.bar(np.arange(len(layers)), values, bottom=bottom, color=colour, label=f"{name} token{'s' if name != 'first' else ''}")
+        label = f"{name} token{'s' if name != 'first' else ''}"
+        axis.bar(np.arange(len(layers)), values, bottom=bottom, color=colour, label=label)
         bottom += values
     axis.set_xticks(np.arange(len(layers)), [str(layer) for layer in layers])
     axis.set(xlabel="decoder layer", ylabel="share of attention", ylim=(0, 1), title="where the attention goes")

@@ -31,7 +31,8 @@ def _picture(height, width):
 def test_plan_matches_the_processor(processors, height, width, max_pixels):
     processor = processors[max_pixels]
     plan = resize_plan(height, width, max_pixels=max_pixels)
-    batch = processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[_picture(height, width)], return_tensors="pt")
+    text = "<|vision_start|><|image_pad|><|vision_end|>"
+    batch = processor(text=text, images=[_picture(height, width)], return_tensors="pt")
     assert batch["image_grid_thw"].tolist() == [[1, *plan.patch_grid]]
     assert batch["pixel_values"].shape == (plan.patches, 1176)
     assert int((batch["input_ids"] == IMAGE_PAD).sum()) == plan.tokens
