@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
     dissect.add_argument("--text", default=None,
-                         help="the question (default: 'What colour is the cross?' on the toy, else the reference request's)")
+                         help="the question (default: 'What colour is the cross?' on the toy, "
+                              "else the reference request's)")
     commands.add_parser(
         "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
     )

@@ -67,7 +67,8 @@ def lens_figure(lens, labels: list[str]) -> Figure:
     shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0)
     for (layer, position), value in np.ndenumerate(probs):
         ink = "white" if value > probs.max() / 2 else "black"  # readable on dark cells too
-        axis.text(position, layer, drawable(one_line(lens[layer][position][0][0]))[:14], ha="center", va="center", fontsize=8, color=ink)
+        label = drawable(one_line(lens[layer][position][0][0]))[:14]
+        axis.text(position, layer, label, ha="center", va="center", fontsize=8, color=ink)
     axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label))[:12] for label in labels], rotation=30)
     axis.set_yticks(np.arange(len(lens)))
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")

@@ -61,7 +61,8 @@ def position_table(specimen, batch, rows: slice | None = None) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """The rows of ``position_table`` as aligned text."""
     lines = [f"{'index':>5}  {'token':<16} {'kind':<6} {'time':>5} {'height':>6} {'width':>5}"]
-    lines += [f"{r['index']:>5}  {one_line(r['token'])[:16]:<16} {r['kind']:<6} {r['time']:>5} {r['height']:>6} {r['width']:>5}"
+    lines += [f"{r['index']:>5}  {one_line(r['token'])[:16]:<16} {r['kind']:<6} "
+              f"{r['time']:>5} {r['height']:>6} {r['width']:>5}"
               for r in table]
     return "\n".join(lines)
 

@@ -109,8 +109,8 @@ def test_grid_figure_draws_every_patch_and_token_line_over_the_resized_image(pic
 
 def test_memory_ratio_follows_the_processors_patch_counts():
     picture = _picture(1080, 1920)
-    rows = [offline_processor(max_pixels=m).image_processor(images=[picture], return_tensors="pt")["pixel_values"].shape[0]
-            for m in (1024 * 28 * 28, 256 * 28 * 28)]  # one row per patch, from the processor itself
+    processors = [offline_processor(max_pixels=m).image_processor for m in (1024 * 28 * 28, 256 * 28 * 28)]
+    rows = [p(images=[picture], return_tensors="pt")["pixel_values"].shape[0] for p in processors]  # one per patch
     assert memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28) == (rows[0] / rows[1]) ** 2
     assert memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28, "pixel_values") == rows[0] / rows[1]
     with pytest.raises(ValueError, match="part='weights'"):
