@@ -29,5 +29,6 @@ def test_window_figure_outlines_every_window(tiny, edge_batch):
     parts = windows(edge_batch["image_grid_thw"][0], config)
     axis = window_figure(edge_batch.image, edge_batch["image_grid_thw"][0], config).axes[0]
     outlined = [(p.get_x(), p.get_y(), p.get_x() + p.get_width(), p.get_y() + p.get_height()) for p in axis.patches]
-    assert outlined == [tuple(box) for box in parts.boxes.tolist()]
+    # pixel x covers x - 0.5 .. x + 0.5 in imshow's coordinates: a box drawn on pixel edges is shifted by half a pixel
+    assert outlined == [tuple(v - 0.5 for v in box) for box in parts.boxes.tolist()]
     assert axis.images[0].get_array().shape[:2] == (280, 364)  # the image at the size the model saw it
