@@ -199,7 +199,7 @@ def _check_runnable(model: nn.Module, dtype) -> None:
             "so there is nothing to capture; use load('toy'), load('tiny') or real weights"
         )
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(f"dtype={dtype!r}; expected a floating torch dtype (torch.float32, torch.bfloat16, ...) or None")
+        raise ValueError(f"dtype={dtype!r}; expected a floating torch dtype (torch.float32, torch.bfloat16...) or None")
 
 
 def _by_module(sites: list[Site]) -> dict[str, list[Site]]:

@@ -109,10 +109,9 @@ def job_bytes(config, batch, full_block: int) -> dict[str, int]:
     vision_values = patches * (vision.depth * 9 * vision.hidden_size + 1176 + 4 * vision.hidden_size)
     decoder_values = seq * (text.num_hidden_layers * (9 * text.hidden_size + kv_width) + 3 * text.hidden_size
                             + text.vocab_size)  # fmt: skip
-    return {
-        "captured activations": 4 * (vision_values + decoder_values),
-        f"vision attention map (block {full_block})": estimate_bytes(batch["image_grid_thw"].cpu(), vision, [full_block], 1),
-    }
+    attention = estimate_bytes(batch["image_grid_thw"].cpu(), vision, [full_block], 1)  # head mean + one head's scores
+    return {"captured activations": 4 * (vision_values + decoder_values),
+            f"vision attention map (block {full_block})": attention}  # fmt: skip
 
 
 def check_budget(parts: dict[str, int], budget_gib: float) -> None:
@@ -120,8 +119,9 @@ def check_budget(parts: dict[str, int], budget_gib: float) -> None:
     total = sum(parts.values())
     if total > budget_gib * 2**30:
         detail = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in parts.items())
-        raise MemoryError(f"this job would hold about {total / 2**30:.1f} GiB ({detail}), above budget_gib={budget_gib:g}; "
-                          f"pass a smaller max_pixels (--max-pixels) or a larger budget_gib (--budget-gib)")  # fmt: skip
+        raise MemoryError(f"this job would hold about {total / 2**30:.1f} GiB ({detail}), above "
+                          f"budget_gib={budget_gib:g}; pass a smaller max_pixels (--max-pixels) or a larger "
+                          f"budget_gib (--budget-gib)")  # fmt: skip
 
 
 def vision_figures(specimen, picture, grid, cache, maps) -> dict:

@@ -65,7 +65,8 @@ def test_phone_photo_is_scaled_to_max_pixels_and_the_report_says_so(phone_photo)
     assert f"image of 2592x1944 px (5.0 MP) scaled to {width}x{height} px" in report
     assert f"vision patches (14x14 px)      {(height // 14) * (width // 14)}\n" in report
     with pytest.warns(UserWarning, match="scaled to"):
-        assert load_image(phone_photo).size[0] * load_image(phone_photo).size[1] <= DEFAULT_MAX_PIXELS
+        width, height = load_image(phone_photo).size  # what encode() and the notebooks' helpers read
+    assert (height, width) == smart_resize(1944, 2592, 28, min_pixels=28 * 28, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 def test_phone_photo_over_budget_is_refused_before_the_model_runs(phone_photo, tmp_path, monkeypatch, capsys):
@@ -96,8 +97,9 @@ def test_bad_out_is_one_line_before_the_job(case, tmp_path, phone_photo, no_mode
 def read_only_dir(tmp_path):
     """A read-only tmpfs (root ignores chmod) mounted in a private namespace, reached through /proc/PID/root."""
     (tmp_path / "ro").mkdir()
-    holder = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs {tmp_path}/ro && echo ready "
-                               f"&& exec sleep 120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    script = f"mount -t tmpfs -o ro tmpfs {tmp_path}/ro && echo ready && exec sleep 120"
+    holder = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)  # fmt: skip
     try:
         if holder.stdout.readline().strip() != "ready":
             pytest.skip("unshare -m and mount are not allowed here: no way to make a read-only directory for root")

@@ -43,7 +43,7 @@ GONE_LIMIT = 15  # seconds after a kill within which nothing may remain
 
 def _owner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
 
 
 def _read(owner: subprocess.Popen, timeout: float = START_LIMIT) -> dict:
@@ -100,7 +100,8 @@ def test_hung_image_fetch_is_a_bounded_timeout_and_the_server_is_seen_stuck(owne
     process, info = owner
     start = time.monotonic()
     with pytest.raises(ServerTimeoutError, match="no answer within 2 s"):
-        chat(info["base_url"], chat_messages(SEED_QUESTION, images=[f"{silent_url}/qwen.png"]), info["model"], timeout=2)
+        messages = chat_messages(SEED_QUESTION, images=[f"{silent_url}/qwen.png"])
+        chat(info["base_url"], messages, info["model"], timeout=2)
     assert time.monotonic() - start < 30
     assert _live(pgid=info["pid"])  # its process still runs: `running` alone cannot tell
     assert _ask(process, "responsive")["responsive"] is False
@@ -122,7 +123,7 @@ def test_owner_killed_by_sigkill_mid_request_leaves_no_process_and_no_copy(owner
     assert Path(info["scratch"]).is_dir() and _live(pgid=info["pid"])
     messages = chat_messages(SEED_QUESTION, images=[f"{silent_url}/qwen.png"])
     errors = []
-    request = threading.Thread(target=lambda: _record(errors, chat, info["base_url"], messages, info["model"], timeout=30))
+    request = threading.Thread(target=_record, args=(errors, chat, info["base_url"], messages, info["model"]))
     request.start()
     time.sleep(1.0)  # the request is in the server
     process.send_signal(signal.SIGKILL)
@@ -132,9 +133,9 @@ def test_owner_killed_by_sigkill_mid_request_leaves_no_process_and_no_copy(owner
     assert not request.is_alive() and len(errors) == 1 and isinstance(errors[0], ServingError)
 
 
-def _record(errors: list, function, *args, **kwargs) -> None:
+def _record(errors: list, function, *args) -> None:
     try:
-        function(*args, **kwargs)
+        function(*args, timeout=30)
     except ServingError as error:
         errors.append(error)
 
@@ -143,7 +144,9 @@ def test_owner_stopped_by_sigterm_during_start_leaves_no_process_and_no_copy():
     """A CI cancel: SIGTERM while the server loads (Python's default: die without running atexit)."""
     process = _owner()
     try:
-        logs = lambda: list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{process.pid}-*/server.log"))  # noqa: E731
+        def logs():
+            return list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{process.pid}-*/server.log"))
+
         assert _wait_for(lambda: logs() and _live(ppid=process.pid), START_LIMIT), "the server was never launched"
         watchdog, scratch = _live(ppid=process.pid)[0], logs()[0].parent
         process.send_signal(signal.SIGTERM)
