@@ -121,6 +121,9 @@ def test_decompression_bomb_is_one_clear_error(side, tmp_path, capsys):
     path.write_bytes(_png_header(side, side))
     with pytest.raises(ValueError, match="bomb.png.*decompression bomb"):
         load_image(path)
+    if side == 30000:  # what PIL refuses outright; between the limits the server would decode it
+        with pytest.raises(ValueError, match="bomb.png.*decompression bomb"):
+            image_url(path)  # the serving helpers inline a file as a data URL
     assert main(["dissect", str(path), "--model", "tiny"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -131,6 +134,7 @@ def test_urls_are_read_with_limits_or_refused_in_one_short_line(tmp_path, monkey
     data_url = image_url(picture)  # what the serving helpers send: a base64 PNG
     for url in (data_url, f"file://{tmp_path}/p.png"):
         assert np.array_equal(np.asarray(load_image(url)), np.asarray(picture))
+    assert image_url(f"file://{tmp_path}/p.png") == image_url(tmp_path / "p.png")  # the serving side too
     monkeypatch.setattr(anatomy.inputs, "MAX_IMAGE_BYTES", 1000)
     with pytest.raises(ValueError) as caught:
         load_image("data:image/png;base64," + "A" * 5_000_000)

@@ -176,7 +176,7 @@ class LocalServer:
         self.log_path = root / "server.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a local directory: no hub
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the handle
-            watched = [sys.executable, str(WATCHDOG), str(os.getpid()), self._scratch or "-"]
+            watched = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), self._scratch or "-"]  # -I: stdlib only
             self.process = subprocess.Popen(
                 watched + serve_command(self.model, self.host, self.port),  # relative: the name clients send
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,  # own group
