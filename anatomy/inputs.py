@@ -67,10 +67,10 @@ def fit_pixels(image: Image.Image, max_pixels: int | None) -> tuple[Image.Image,
     >>> fit_pixels(Image.new("RGB", (4032, 3024)), 1003520)[0].size    # a 12.2 MP phone photo
     (1148, 840)
     """
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 28 * 28):
+        raise ValueError(f"max_pixels={max_pixels!r}; expected an int >= 784 (one 28x28 cell) or None (no cap)")
     if max_pixels is None or image.width * image.height <= max_pixels:
         return image, None
-    if not isinstance(max_pixels, int) or max_pixels < 28 * 28:
-        raise ValueError(f"max_pixels={max_pixels!r}; expected an int >= 784 (one 28x28 cell) or None (no cap)")
     height, width = smart_resize(image.height, image.width, 28, min_pixels=28 * 28, max_pixels=max_pixels)
     note = (f"image of {image.width}x{image.height} px ({image.width * image.height / 1e6:.1f} MP) scaled to "
             f"{width}x{height} px to stay within max_pixels={max_pixels:,} ({max_pixels // 784} image tokens); "
@@ -89,20 +89,17 @@ def _file_bytes(path: Path) -> bytes:
 
 
 def _open_bytes(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes, refusing a decompression bomb before its pixels are decoded."""
+    """Decode image bytes, refusing a decompression bomb (above ``MAX_DECODE_PIXELS``) before decoding."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL warns when the header is read
             opened = Image.open(io.BytesIO(data))
-            width, height = opened.size
             opened.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"image {name} declares more than {MAX_DECODE_PIXELS:,} pixels (a decompression bomb?); "
                          f"refused before decoding") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"image {name} cannot be read as an image: {error}") from None
-    if width * height > MAX_DECODE_PIXELS:
-        raise ValueError(f"image {name} of {width}x{height} px is above {MAX_DECODE_PIXELS:,} pixels; refused")
     return opened
 
 

@@ -93,7 +93,7 @@ def resized(image, grid_thw) -> Image.Image:
     """The image (a PIL image, path or (H, W, 3) array) at the size the processor resized it to:
     (h*14, w*14) px for grid (t, h, w)."""
     _, rows, cols = _one_grid(grid_thw)
-    return load_image(image).resize((cols * PATCH, rows * PATCH), Image.BICUBIC)
+    return load_image(image, max_pixels=None).resize((cols * PATCH, rows * PATCH), Image.BICUBIC)  # the grid's size
 
 
 def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
