@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     dissect.add_argument("image", help="path of the image to feed the model")
     dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
-    dissect.add_argument("--text", default=None, help="the question (default: the seed's)")
+    dissect.add_argument("--text", default=None, help="the question (default: the reference request's)")
     dissect.add_argument("--max-pixels", type=int, default=None,
                          help="scale a larger picture down to this many pixels (default 1003520; 0: no cap)")
     dissect.add_argument("--budget-gib", type=float, default=None,
@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dissect":
         from anatomy.dissect import dissect
-        from anatomy.inputs import SEED_QUESTION
+        from anatomy.inputs import REFERENCE_QUESTION
 
         try:
             limits = {"max_pixels": args.max_pixels or None} if args.max_pixels is not None else {}
             limits |= {"budget_gib": args.budget_gib} if args.budget_gib is not None else {}
-            print(dissect(args.image, args.model, args.out, args.text or SEED_QUESTION, **limits))
+            print(dissect(args.image, args.model, args.out, args.text or REFERENCE_QUESTION, **limits))
         except (ValueError, FileNotFoundError, TypeError, MemoryError) as error:
             print(f"anatomy dissect: {error}", file=sys.stderr)
             return 2

@@ -7,7 +7,7 @@ and the parameter table, and writes the figures it drew to ``--out``.
 
 It stays within a memory budget: a picture above ``max_pixels`` (``--max-pixels``,
 default 1,003,520 = 1280 image tokens) is scaled down first, and the report says
-so; a job whose estimate (captured activations and attention maps) is still above
+so; a job whose estimate (captured activations and attention map) is still above
 ``budget_gib`` (``--budget-gib``, default 8) is refused before the model runs.
 A bad ``--out`` (a file, read-only, empty) is refused before anything runs.
 """
@@ -20,20 +20,26 @@ from pathlib import Path
 
 import torch
 
-from anatomy import figures
-from anatomy.activations import capture
-from anatomy.generation import answer_attention_figure
-from anatomy.inputs import DEFAULT_MAX_PIXELS, SEED_QUESTION, encode, fit_pixels, load_image
-from anatomy.merger import token_map_figure
-from anatomy.parameters import count_parameters
-from anatomy.patches import embedding_figure
-from anatomy.resize import grid_figure, resize_plan
+from anatomy.capture.hooks import capture
+from anatomy.decoder.generation import answer_attention_figure
+from anatomy.inputs import DEFAULT_MAX_PIXELS, REFERENCE_QUESTION, encode, fit_pixels, load_image
+from anatomy.model import block_kinds
+from anatomy.overview.parameters import count_parameters
+from anatomy.overview.residuals import residual_norms_figure
+from anatomy.processor import resize_plan
 from anatomy.sources import load
-from anatomy.vision_attention import estimate_bytes, patch_attention_figure, recording
-from anatomy.vision_rotary import rotary_figure
-from anatomy.windows import block_kinds, window_figure
+from anatomy.vision.attention import estimate_bytes, patch_attention_figure, record_attention
+from anatomy.vision.merger import token_map_figure
+from anatomy.vision.patches import embedding_figure
+from anatomy.vision.resize import grid_figure
+from anatomy.vision.rotary import rotary_figure
+from anatomy.vision.windows import window_figure
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+# Only what the report and the figures read: the whole "*" would hold every vision activation
+# (about 8 GB for a 1080p image on the 7B).
+SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
+         "decoder.layers.*.output")
 DEFAULT_BUDGET_GIB = 8.0
 
 
@@ -49,7 +55,7 @@ def token_counts(specimen, batch) -> dict[str, int]:
     }
 
 
-def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = SEED_QUESTION,
+def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = REFERENCE_QUESTION,
             max_pixels: int | None = DEFAULT_MAX_PIXELS, budget_gib: float = DEFAULT_BUDGET_GIB) -> str:  # fmt: skip
     """Run one captured forward pass; return the report, and save figures under ``out``.
 
@@ -61,18 +67,17 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     specimen = load(source)
     if not specimen.has_weights:
         raise ValueError(f"model {source!r} is a skeleton without weights; dissect needs one that runs")
-    batch = encode(specimen, picture, text, max_pixels=None)
-    grid = batch["image_grid_thw"]
+    prompt = encode(specimen, picture, text, max_pixels=None)
     full_block = block_kinds(specimen.config.vision_config).index("full")
-    check_budget(job_bytes(specimen.config, batch, full_block), budget_gib)
-    with torch.no_grad(), capture(specimen, "*") as cache, recording(specimen, grid, full_block) as maps:
-        specimen.model(**batch)
-    drawn = vision_figures(specimen, picture, grid, cache, maps) | {
-        "residual_norms": figures.residual_norms(cache),
-        "answer_attention": answer_attention_figure(specimen, picture, batch),
+    check_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
+    with torch.no_grad(), capture(specimen, list(SITES)) as cache, record_attention(specimen, prompt, [full_block]) as maps:
+        specimen.model(**prompt)
+    drawn = vision_figures(specimen, prompt, cache, maps) | {
+        "residual_norms": residual_norms_figure(cache),
+        "answer_attention": answer_attention_figure(specimen, prompt),
     }
     lines = [repr(specimen), *([note] if note else []), ""]
-    lines += [f"{key:<30} {value}" for key, value in token_counts(specimen, batch).items()]
+    lines += [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:
         lines += ["", *save_figures(drawn, out)]
@@ -97,19 +102,19 @@ def checked_out(out: str | Path | None) -> Path | None:
     return path
 
 
-def job_bytes(config, batch, full_block: int) -> dict[str, int]:
-    """Estimated bytes the job holds: the captured activations (float32) and the recorded attention map.
+def job_bytes(config, prompt, full_block: int) -> dict[str, int]:
+    """Estimated bytes the job holds: the ``SITES`` it captures (float32) and the recorded attention map.
 
-    Vision: per block input, norms, qkv (3x), attention, MLP, output, ~9 x hidden per patch;
-    decoder: per layer ~9 x hidden + 2 x key/value width per token, and the logits (vocab per token).
+    Vision: per patch the embedding, the rotary cos, one output per block; per merged token the
+    merger output; decoder: one output per layer and token.
     """
     vision, text = config.vision_config, config.text_config
-    patches, seq = int(batch["image_grid_thw"].prod(-1).sum()), batch["input_ids"].shape[1]
-    kv_width = 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
-    vision_values = patches * (vision.depth * 9 * vision.hidden_size + 1176 + 4 * vision.hidden_size)
-    decoder_values = seq * (text.num_hidden_layers * (9 * text.hidden_size + kv_width) + 3 * text.hidden_size
-                            + text.vocab_size)  # fmt: skip
-    attention = estimate_bytes(batch["image_grid_thw"].cpu(), vision, [full_block], 1)  # head mean + one head's scores
+    patches, seq = int(prompt.grid_thw.prod(-1).sum()), prompt["input_ids"].shape[1]
+    head_dim = vision.hidden_size // vision.num_heads
+    vision_values = patches * ((vision.depth + 1) * vision.hidden_size + head_dim)
+    vision_values += patches // vision.spatial_merge_size**2 * vision.out_hidden_size
+    decoder_values = seq * text.num_hidden_layers * text.hidden_size
+    attention = estimate_bytes(prompt.grid_thw, vision, [full_block], 1)  # head mean + one head's scores
     return {"captured activations": 4 * (vision_values + decoder_values),
             f"vision attention map (block {full_block})": attention}  # fmt: skip
 
@@ -124,9 +129,9 @@ def check_budget(parts: dict[str, int], budget_gib: float) -> None:
                           f"budget_gib (--budget-gib)")  # fmt: skip
 
 
-def vision_figures(specimen, picture, grid, cache, maps) -> dict:
+def vision_figures(specimen, prompt, cache, maps) -> dict:
     """The image's path through the vision tower, one figure per stage."""
-    config = specimen.config.vision_config
+    config, picture, grid = specimen.config.vision_config, prompt.image, prompt.grid_thw
     processor = specimen.processor.image_processor
     plan = resize_plan(picture.height, picture.width, processor.size["shortest_edge"], processor.size["longest_edge"])
     rows, cols = plan.patch_grid
@@ -136,8 +141,8 @@ def vision_figures(specimen, picture, grid, cache, maps) -> dict:
         "patch_embeddings": embedding_figure(cache, picture, plan),
         "vision_rotary": rotary_figure(cache["vision.rotary.cos"], grid[0], config),
         "windows": window_figure(picture, grid[0], config),
-        f"vision_attention_block{block}": patch_attention_figure(maps, picture, block, rows // 2, cols // 2),
-        "merged_tokens": token_map_figure(cache["vision.merger.output"], picture, grid[0], "merger output: first 3 principal components"),
+        f"vision_attention_block{block}": patch_attention_figure(maps, prompt, block, rows // 2, cols // 2),
+        "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output: 3 principal components"),
     }
 
 
