@@ -70,7 +70,8 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     prompt = encode(specimen, picture, text, max_pixels=None)
     full_block = block_kinds(specimen.config.vision_config).index("full")
     check_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
-    with torch.no_grad(), capture(specimen, list(SITES)) as cache, record_attention(specimen, prompt, [full_block]) as maps:
+    recording = record_attention(specimen, prompt, [full_block])
+    with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
         specimen.model(**prompt)
     drawn = vision_figures(specimen, prompt, cache, maps) | {
         "residual_norms": residual_norms_figure(cache),
@@ -142,7 +143,7 @@ def vision_figures(specimen, prompt, cache, maps) -> dict:
         "vision_rotary": rotary_figure(cache["vision.rotary.cos"], grid[0], config),
         "windows": window_figure(picture, grid[0], config),
         f"vision_attention_block{block}": patch_attention_figure(maps, prompt, block, rows // 2, cols // 2),
-        "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output: 3 principal components"),
+        "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output, 3 principal axes"),
     }
 
 

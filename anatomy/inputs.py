@@ -236,7 +236,8 @@ def encode(specimen, image=None, text: str = REFERENCE_QUESTION, messages: list[
     images = [part["image"] for turn in messages if isinstance(turn["content"], list) for part in turn["content"]
               if part.get("type") == "image"]
     images = [load_image(image, max_pixels=None) for image in images]  # as given: the messages' own
-    return Prompt(batch.to(specimen.device), images, token_kinds(specimen.config, batch["input_ids"]))
+    kinds = token_kinds(specimen.config, batch["input_ids"])
+    return Prompt(batch.to(specimen.device), images, kinds)
 
 
 def resized(image, grid_thw) -> Image.Image:
@@ -272,7 +273,8 @@ def demo_image(height: int = 336, width: int = 448) -> Image.Image:
     draw.ellipse([width - 3.5 * unit, unit, width - unit, 3.5 * unit], fill=(250, 210, 40))
     house = (width * 0.2, height * 0.45, width * 0.2 + 4 * unit, height * 0.72)
     draw.rectangle(house, fill=(200, 40, 40))
-    roof = [(house[0] - unit / 2, house[1]), (house[2] + unit / 2, house[1]), ((house[0] + house[2]) / 2, house[1] - 2 * unit)]
+    roof = [(house[0] - unit / 2, house[1]), (house[2] + unit / 2, house[1]),
+            ((house[0] + house[2]) / 2, house[1] - 2 * unit)]
     draw.polygon(roof, fill=(120, 60, 30))
     draw.rectangle([width * 0.55, height * 0.80, width * 0.95, height * 0.93], fill=(255, 255, 255))
     draw.text((width * 0.57, height * 0.82), "QWEN", fill=(0, 0, 0))

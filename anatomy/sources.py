@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from anatomy.model import ATTENTION_KERNELS, PUBLISHED_SIZES, TINY, TOY, Specimen, skeleton, tiny
-from anatomy.toy import Recipe, load_toy
+from anatomy import toy
 
 
 def load(
@@ -64,7 +64,7 @@ def load(
     if source == TINY:
         return tiny(seed, _dtype(dtype, device), device, attn_implementation)
     if source == TOY:
-        return load_toy(_dtype(dtype, device), device, attn_implementation, recipe=Recipe(seed=seed))
+        return toy.load_toy(_dtype(dtype, device), device, attn_implementation, recipe=toy.Recipe(seed=seed))
     return _pretrained(source, dtype, device, device_map, attn_implementation)
 
 

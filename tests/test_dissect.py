@@ -41,7 +41,8 @@ def test_dissect_refuses_a_bad_image_with_one_message(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {str(tmp_path / 'missing.jpg')!r} does not exist or is not a file"]
+    missing = str(tmp_path / "missing.jpg")
+    assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {missing!r} does not exist or is not a file"]
 
 
 def test_job_estimate_is_what_the_capture_and_the_recording_hold(tiny):

@@ -112,7 +112,7 @@ def chat_messages(
 
 
 def chat_payload(model: str, messages: list[dict], max_tokens: int | None = None) -> dict:
-    """The JSON body of ``POST /v1/chat/completions``: the reference request's fields, plus an optional ``max_tokens``."""
+    """The JSON body of ``POST /v1/chat/completions``: the reference request's fields, and ``max_tokens`` if given."""
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be the served model's name (a non-empty string), got {model!r}")
     if not isinstance(messages, list) or not messages:
