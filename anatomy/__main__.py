@@ -1,6 +1,6 @@
 """Command line.
 
-python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION]
+python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION] [--max-pixels N] [--budget-gib G]
 python -m anatomy toy ensure|train|path|evaluate [--seed N] [--n N]
 """
 
@@ -20,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     dissect.add_argument("--text", default=None,
                          help="the question (default: 'What colour is the cross?' on the toy, "
                               "else the reference request's)")
+    dissect.add_argument("--max-pixels", type=int, default=None,
+                         help="scale a larger picture down to this many pixels (default 1003520; 0: no cap)")
+    dissect.add_argument("--budget-gib", type=float, default=None,
+                         help="refuse a job estimated to hold more memory than this, in GiB (default 8)")
     commands.add_parser(
         "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
     )
@@ -37,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from anatomy.dissect import dissect
 
         try:
-            print(dissect(args.image, args.model, args.out, args.text))
-        except (ValueError, FileNotFoundError, TypeError) as error:
+            limits = {"max_pixels": args.max_pixels or None} if args.max_pixels is not None else {}
+            limits |= {"budget_gib": args.budget_gib} if args.budget_gib is not None else {}
+            print(dissect(args.image, args.model, args.out, args.text, **limits))
+        except (ValueError, FileNotFoundError, TypeError, MemoryError) as error:
             print(f"anatomy dissect: {error}", file=sys.stderr)
             return 2
     return 0

@@ -10,9 +10,12 @@ from PIL import Image
 
 import anatomy
 from anatomy.__main__ import main
-from anatomy.dissect import ANSWER_TOKENS, answer, dissect
+from anatomy.capture import capture
+from anatomy.dissect import ANSWER_TOKENS, SITES, answer, dissect, job_bytes
 from anatomy.inputs import demo_image, encode
+from anatomy.model import block_kinds
 from anatomy.toy.example import QUESTION, running_example
+from anatomy.vision.attention import record_attention
 
 
 def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
@@ -77,3 +80,15 @@ def test_answers_are_decoded_for_people(tiny):
     assert text == tiny.processor.tokenizer.decode(new, skip_special_tokens=True)
     raw = "".join(tiny.processor.tokenizer.convert_ids_to_tokens(new.tolist()))
     assert "Ġ" in raw and "Ġ" not in text  # the byte-level symbol for a space is gone once decoded
+
+
+def test_job_estimate_is_what_the_capture_and_the_recording_hold(tiny):
+    """``job_bytes`` (checked against the budget before the run) against a direct count after it."""
+    prompt = encode(tiny, demo_image(336, 448))
+    full = block_kinds(tiny.config.vision_config).index("full")
+    parts = job_bytes(tiny.config, prompt, full)
+    with torch.no_grad(), capture(tiny, list(SITES)) as cache, record_attention(tiny, prompt, [full]) as maps:
+        tiny.model(**prompt)
+    held = sum(r.tensor.numel() * r.tensor.element_size() for records in cache.records.values() for r in records)
+    assert parts["captured activations"] == held
+    assert parts[f"vision attention map (block {full})"] == maps.estimate_bytes >= maps.captured_bytes
