@@ -46,5 +46,9 @@ def token_map_figure(tokens: torch.Tensor, prompt, title: str) -> Figure:
     left.imshow(resized(image, grid_thw))
     left.set(title="resized input")
     right.imshow(colours, interpolation="nearest")
-    right.set(title=title, xlabel="token column (28 px)", ylabel="token row (28 px)")
+    right.set(xlabel="token column (28 px)", ylabel="token row (28 px)")
+    right.set_title(title, wrap=True)
+    step = -(-max(rows, cols) // 2 // 16)  # integer ticks, at most 16 a side
+    right.set_xticks(range(0, cols // 2, step))
+    right.set_yticks(range(0, rows // 2, step))
     return figure
