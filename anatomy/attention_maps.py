@@ -272,13 +272,17 @@ def draw_over_image(axis, image, cells: torch.Tensor, grid_thw, title: str = "")
 
 
 def image_attention_figure(attention: AttentionRows, image, kinds, image_grid_thw, layer=None, head=None,
-                           row=None) -> Figure:
-    """One panel: attention of the rows on the image, for ``layer``/``head``/``row`` (None: averaged)."""
+                           row=None, row_label: str | None = None) -> Figure:
+    """One panel: attention of the rows on the image, for ``layer``/``head``/``row`` (None: averaged).
+
+    ``row_label`` names the chosen row in the title (a decoded token); by default its index.
+    """
     cells = image_map(attention, kinds, image_grid_thw, layer, head, row)
     figure = Figure(figsize=(5.5, 4.4), layout="constrained")
     axis = figure.subplots()
+    shown_row = row if row_label is None or row is None else repr(row_label)
     where = ", ".join(f"{name} {'mean' if value is None else value}"
-                      for name, value in (("layer", layer), ("head", head), ("row", row)))
+                      for name, value in (("layer", layer), ("head", head), ("token", shown_row)))
     draw_over_image(axis, image, cells, image_grid_thw[0], f"attention on the image (sum {cells.sum():.3f})\n{where}")
     figure.colorbar(axis.images[-1], ax=axis, shrink=0.8, label="probability")
     return figure

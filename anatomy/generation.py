@@ -24,6 +24,7 @@ from anatomy.attention_maps import (
     token_kinds,
 )
 from anatomy.gqa import check_heads, check_layers
+from anatomy.tokens import token_texts
 
 KEEP = ("positions", "attention", "top")
 
@@ -111,13 +112,13 @@ def generate_traced(specimen, batch, max_new_tokens: int = 8, keep=KEEP, layers=
 def _trace(specimen, batch, sequence, positions, tops, attention) -> Trace:
     prompt = batch["input_ids"].shape[1]
     new = sequence[0, prompt:].tolist()
-    decode = specimen.processor.tokenizer.convert_ids_to_tokens
+    tokenizer = specimen.processor.tokenizer
     image = _image_shares(specimen, sequence, attention) if attention is not None else None
     steps = [
-        Step(token, decode(token),
+        Step(token, token_texts(tokenizer, [token])[0],
              position_ids=positions[j + 1] if j + 1 < len(positions) else _next_ids(specimen, prompt + j) if positions else None,
              image_share=image[j] if image is not None else None,
-             top=list(zip(decode(tops[j].indices.tolist()), tops[j].values.tolist())) if tops else None)
+             top=list(zip(token_texts(tokenizer, tops[j].indices), tops[j].values.tolist())) if tops else None)
         for j, token in enumerate(new)
     ]
     return Trace(steps, sequence, attention, prompt)

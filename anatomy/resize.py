@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from anatomy.inputs import demo_image
 from anatomy.processor import MAX_PIXELS, MERGE_SIZE, MIN_PIXELS, PATCH_SIZE, TEMPORAL_PATCH_SIZE
 
 MAX_ASPECT_RATIO = 200  # smart_resize refuses anything longer and thinner
@@ -153,4 +154,27 @@ def grid_figure(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: in
         f"{plan.original[1]}x{plan.original[0]} -> {width}x{height} px (W x H)\n"
         f"{rows}x{cols} patches of 14 px (thin), {token_rows}x{token_cols} = {plan.tokens} tokens of 28 px (thick)"
     )
+    return figure
+
+
+def budget_figure(height: int, width: int, max_pixels: int, min_pixels: int = MIN_PIXELS) -> Figure:
+    """What ``max_pixels`` does to an H x W image (the demo picture at that size): left, the resized picture with
+    its 28-px token grid; right, its memory (``token_budget``: released vision tower, 7B decoder, bf16)."""
+    plan = resize_plan(height, width, min_pixels, max_pixels)
+    budget = token_budget(plan)
+    new_h, new_w = plan.resized
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    picture, bars = figure.subplots(1, 2, width_ratios=(1.4, 1))
+    picture.imshow(resize_image(demo_image(width, height), plan), extent=(0, new_w, new_h, 0))
+    picture.vlines(np.arange(0, new_w + 1, FACTOR), 0, new_h, colors="black", linewidth=0.5, alpha=0.6)
+    picture.hlines(np.arange(0, new_h + 1, FACTOR), 0, new_w, colors="black", linewidth=0.5, alpha=0.6)
+    picture.set(xlim=(0, new_w), ylim=(new_h, 0), xlabel="x (px)", ylabel="y (px)",
+                title=f"max_pixels = {max_pixels // FACTOR**2}·28·28: {height}x{width} -> {new_h}x{new_w} px (H x W)\n"
+                      f"{plan.token_grid[0]}x{plan.token_grid[1]} = {plan.tokens} tokens, {plan.patches} patches")
+    mib = {name.replace("_", " "): value / 2**20 for name, value in vars(budget).items()}
+    bars.barh(list(mib), list(mib.values()), color="tab:blue")
+    for y, value in enumerate(mib.values()):
+        bars.text(value, y, f" {value:,.1f} MiB", va="center", fontsize=8)
+    bars.set(xscale="log", xlim=(0.01, 1e5), xlabel="MiB (log scale)", title="memory of this one image")
+    bars.invert_yaxis()
     return figure

@@ -115,6 +115,11 @@ def _ids(tokenizer, tokens) -> list[int]:
     return ids
 
 
+def token_texts(tokenizer, ids) -> list[str]:
+    """What each token id reads as, for people: ``[13, 11454]`` -> ``['.', ' red']`` (not the byte-level ``'Ġred'``)."""
+    return [_text(tokenizer, int(i)) for i in ids]
+
+
 def _text(tokenizer, i: int) -> str:
     """The token's text; a piece of a multi-byte character shows as its byte-level form (``Ã¤``)."""
     text = tokenizer.decode([i])
