@@ -51,7 +51,8 @@ class LiveFigure:
         self.draw, self.controls, self.dpi = draw, controls, dpi
         self.key = uuid.uuid4().hex[:12]
         self.image = widgets.Image(format="png")
-        self.panel = widgets.VBox([widgets.HBox(list(controls.values())), self.image])
+        self.panel = widgets.VBox([widgets.HBox(list(controls.values())), self.image],
+                                  layout=widgets.Layout(align_items="flex-start"))  # the figure at its own size
         self.panel.add_class(f"anatomy-live-{self.key}")
         self.static = None  # the handle of the static PNG output, once displayed
         for control in controls.values():
