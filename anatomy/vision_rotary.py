@@ -1,10 +1,12 @@
 """The vision tower's 2D rotary embedding: every patch is rotated by its row and its column.
 
 Each head has ``head_dim`` dimensions (80 in the released models: 1280 / 16).
-Rotary pairs dimension ``j`` with ``j + head_dim/2``, so there are
-``head_dim/2`` rotation angles per patch; the first quarter of the head turns
-with the patch's row, the second quarter with its column, at frequencies
-``theta ** (-2i / (head_dim/2))`` for ``i < head_dim/4`` (theta = 10000)::
+Rotary pairs dimension ``j`` with ``j + head_dim/2`` and turns each pair by one
+angle, so there are ``head_dim/2`` angles per patch: the first ``head_dim/4``
+follow the patch's row, the next ``head_dim/4`` its column, at frequencies
+``theta ** (-2i / (head_dim/2))`` for ``i < head_dim/4`` (theta = 10000). Each
+angle turns two dimensions, so the dimensions go row, column, row, column in
+four blocks: half of the head turns with the row, half with the column::
 
     angle[:, :hd/4] = row * inv_freq      angle[:, hd/4:hd/2] = col * inv_freq
     cos = cat(cos(angle), cos(angle))     # (patches, head_dim)
@@ -19,10 +21,9 @@ from matplotlib.figure import Figure
 
 def inverse_frequencies(vision_config) -> torch.Tensor:
     """The ``head_dim/4`` rotation frequencies shared by rows and columns: (head_dim/4,)."""
-    head_dim = vision_config.hidden_size // vision_config.num_heads
-    quarter = head_dim // 2
+    half = vision_config.hidden_size // vision_config.num_heads // 2  # rotary angles per patch
     theta = vision_config.rope_parameters["rope_theta"]
-    return 1.0 / theta ** (torch.arange(0, quarter, 2, dtype=torch.float) / quarter)
+    return 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float) / half)
 
 
 def rotation_angles(position_ids: torch.Tensor, vision_config) -> torch.Tensor:

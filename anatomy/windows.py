@@ -7,7 +7,7 @@ window. Everything here comes from transformers' own ``get_vision_window_index``
 
 For a 448x336 image (24x32 patches) the windows form a 3x4 grid::
 
-    window_map(grid)[::8, ::8]  ->  [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    windows([1, 24, 32], vision_config).window[0, ::8, ::8]  ->  [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 """
 
 from __future__ import annotations
