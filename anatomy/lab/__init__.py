@@ -1,0 +1,1 @@
+"""The classroom side: tables, widgets, exercises, figure helpers, and the notebooks' static site."""
