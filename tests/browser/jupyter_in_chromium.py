@@ -151,11 +151,22 @@ for (let i = 0; i < notebook.model.cells.length; i++) {
     if (output.type === 'error') found.push(`cell ${i}: ${output.toJSON().ename}: ${output.toJSON().evalue}`);
   }
 }
-for (const node of document.querySelectorAll('.jp-OutputArea-output')) {
+for (const node of window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-OutputArea-output')) {
   if (node.offsetParent !== null && /Error displaying widget|Loading widget/.test(node.innerText))
     found.push('shown: ' + node.innerText.slice(0, 80));
 }
 return found;
+"""
+
+FIGURES = """
+const notebook = window.jupyterapp.shell.currentWidget.node;
+return [...notebook.querySelectorAll('[class^="anatomy-style-"]')].map(span => {
+  const style = span.closest('.jp-OutputArea-child');
+  const panel = style.nextElementSibling, still = panel && panel.nextElementSibling;
+  const image = still && still.querySelector('img');
+  return {panel: !!panel && panel.offsetParent !== null && !!panel.querySelector('[class*="anatomy-live-"]'),
+          png: !!image && image.offsetParent !== null && image.naturalWidth > 0};
+});
 """
 
 
@@ -191,13 +202,18 @@ class Notebook:
     def run_all(self) -> None:
         self.command("notebook:run-all-cells")  # resolves once every cell has run (or one failed)
         self.wait(60, "every prompt to lose its [*]", lambda: self.js(
-            "return ![...document.querySelectorAll('.jp-InputArea-prompt')].some(p => p.innerText.includes('*'));"))
+            "return ![...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-InputArea-prompt')]"
+            ".some(p => p.innerText.includes('*'));"))
 
     def errors(self) -> list[str]:
         return self.js(ERRORS) or []
 
+    def node(self):
+        """The current notebook's DOM node: other open notebooks stay out of every check."""
+        return self.js("return window.jupyterapp.shell.currentWidget.node")
+
     def panels(self) -> list:
-        return self.driver.find_elements(By.CSS_SELECTOR, "[class*='anatomy-live-']")
+        return self.node().find_elements(By.CSS_SELECTOR, "[class*='anatomy-live-']")
 
     def image_hash(self, panel) -> str:
         image = panel.find_element(By.CSS_SELECTOR, "img")
@@ -221,11 +237,18 @@ class Notebook:
         self.command("docmanager:save")
         self.wait(60, "the save", lambda: self.js("return !window.jupyterapp.shell.currentWidget.context.model.dirty"))
 
-    def visible_static_images(self) -> int:
-        """Static figures shown: image outputs outside any live panel, displayed, decoded (naturalWidth > 0)."""
-        return self.js(
-            "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"image/png\"] img')]"
-            ".filter(i => i.offsetParent !== null && i.naturalWidth > 0).length;") or 0
+    def live_figures(self) -> list[dict]:
+        """For each live figure's outputs (style, panel, static PNG): which of panel and PNG are shown."""
+        return self.js(FIGURES) or []
+
+    def show_figure(self, index: int) -> None:
+        """Scroll the cell of live figure ``index`` into view."""
+        self.js("window.jupyterapp.shell.currentWidget.node.querySelectorAll('[class^=\"anatomy-style-\"]')[arguments[0]]"
+                ".closest('.jp-Cell').scrollIntoView({block: 'start'})", index)
+
+    def close(self) -> None:
+        """Close every tab (the notebook was saved; nothing is asked)."""
+        self.command("application:close-all")
 
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

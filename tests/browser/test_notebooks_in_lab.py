@@ -2,7 +2,7 @@
 
 For each notebook: run all cells, no cell shows an error; move every control of every live figure and
 the figure's image changes; choosing "mean" again keeps it chosen; save, shut the kernel down, reopen:
-every figure shows as a static image and no cell shows a widget error. Screenshots go to
+every live figure shows as its static PNG and no cell shows a widget error. Screenshots go to
 ``$ANATOMY_SCREENSHOTS`` (default: pytest's temporary directory).
 
 Run by ``make browser`` (part of ``make test``), which installs Debian's chromium and chromium-driver.
@@ -63,24 +63,25 @@ def test_live_then_reopened(session, name):
     assert page.errors() == []
     panels = page.panels()
     assert len(panels) == NOTEBOOKS[name]
-    assert page.visible_static_images() == page.js(
-        "return document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"image/png\"] img').length")\
-        - len(panels), "a live figure's static copy is shown beside it"
+    assert page.live_figures() == [{"panel": True, "png": False}] * len(panels), page.live_figures()  # not its copy
     for panel in panels:
         for control in panel.find_elements(By.CSS_SELECTOR, "select, .noUi-target"):
             _changes(page, panel, control)
             if control.tag_name == "select":
                 assert not any("Ġ" in option.text for option in Select(control).options)
                 _mean_again(page, panel, control)
+    page.show_figure(0)
     page.screenshot(shots / f"{stem}-live.png")
     assert page.errors() == []
     page.save()
     lab.shutdown_kernels()
     page = Notebook(browser, lab, name)
     page.wait(30, "the widget manager to give up on the old widgets", lambda: page.js(
-        "return ![...document.querySelectorAll('.jp-OutputArea-output')].some(n => n.innerText === 'Loading widget...')"))
+        "return ![...arguments[0].querySelectorAll('.jp-OutputArea-output')]"
+        ".some(n => n.innerText === 'Loading widget...')", page.node()))
+    page.show_figure(0)
     page.screenshot(shots / f"{stem}-reopened.png")
     assert page.errors() == []
-    assert page.panels() == []
-    shown = page.visible_static_images()
-    assert shown >= NOTEBOOKS[name], f"{shown} figures shown after reopening"
+    assert page.live_figures() == [{"panel": False, "png": True}] * NOTEBOOKS[name], page.live_figures()  # last PNG
+    page.close()
+    lab.shutdown_kernels()
