@@ -1,1 +1,2 @@
-"""The classroom side: tables, widgets, exercises, figure helpers, and the notebooks' static site."""
+"""What the notebooks use around the lessons: tables, the live figures, exercise checks, figure helpers, and the
+notebooks' static site (``python -m anatomy.lab.site``)."""

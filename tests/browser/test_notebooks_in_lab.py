@@ -22,7 +22,7 @@ NOTEBOOKS = {  # notebook: its live figures
     "03_pixels_to_patches.ipynb": 1,
     "04_vision_rotary_and_windows.ipynb": 1,
     "07_attention_maps.ipynb": 1,
-    "08_logit_lens_and_generation.ipynb": 1,
+    "10_logit_lens_and_generation.ipynb": 1,
 }
 
 
