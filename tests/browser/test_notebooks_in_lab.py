@@ -8,15 +8,9 @@ every live figure shows as its static PNG and no cell shows a widget error. Scre
 Run by ``make browser`` (part of ``make test``), which installs Debian's chromium and chromium-driver.
 """
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-
-from jupyter_in_chromium import REPO, Notebook, chromium, jupyter_lab
 
 NOTEBOOKS = {  # notebook: its live figures
     "03_pixels_to_patches.ipynb": 1,
@@ -26,18 +20,7 @@ NOTEBOOKS = {  # notebook: its live figures
 }
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    """(lab, browser, screenshot folder) over a copy of the notebooks: the repository's stay without outputs."""
-    root, home = tmp_path_factory.mktemp("notebooks"), tmp_path_factory.mktemp("lab")
-    for name in NOTEBOOKS:
-        shutil.copy(REPO / "notebooks" / name, root / name)
-    shots = Path(os.environ.get("ANATOMY_SCREENSHOTS", home / "screenshots"))
-    with jupyter_lab(root, home) as lab, chromium(home / "chromium") as browser:
-        yield lab, browser, shots
-
-
-def _changes(page: Notebook, panel, control) -> None:
+def _changes(page, panel, control) -> None:
     """Move ``control`` and wait until the panel's image differs."""
     before = page.image_hash(panel)
     label = page.move(control)
@@ -45,7 +28,7 @@ def _changes(page: Notebook, panel, control) -> None:
               lambda: page.image_hash(panel) not in (before, None))
 
 
-def _mean_again(page: Notebook, panel, control) -> None:
+def _mean_again(page, panel, control) -> None:
     """Back to "mean" (the first option): it stays selected, where an option of value None emptied the dropdown."""
     before = page.image_hash(panel)
     Select(control).select_by_index(0)
@@ -55,10 +38,10 @@ def _mean_again(page: Notebook, panel, control) -> None:
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_live_then_reopened(session, name):
-    lab, browser, shots = session
+def test_live_then_reopened(session, open_notebook, name):
+    lab, _, shots = session
     stem = name.removesuffix(".ipynb")
-    page = Notebook(browser, lab, name)
+    page = open_notebook(name)
     page.run_all()
     assert page.errors() == []
     panels = page.panels()
@@ -75,7 +58,7 @@ def test_live_then_reopened(session, name):
     assert page.errors() == []
     page.save()
     lab.shutdown_kernels()
-    page = Notebook(browser, lab, name)
+    page = open_notebook(name)
     page.wait(30, "the widget manager to give up on the old widgets", lambda: page.js(
         "return ![...arguments[0].querySelectorAll('.jp-OutputArea-output')]"
         ".some(n => n.innerText === 'Loading widget...')", page.node()))

@@ -1,12 +1,13 @@
 """JupyterLab on a loopback port and Debian's Chromium driven by selenium, both stopped on every exit.
 
->>> with jupyter_lab(folder, home) as lab, chromium(profile) as browser:
-...     page = Notebook(browser, lab, "07_attention_maps.ipynb")
+The ``session`` fixture yields (lab, browser, screenshot folder) over a copy of the notebooks; ``open_notebook``
+opens one in it: ``page = open_notebook("07_attention_maps.ipynb")``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.common.exceptions import JavascriptException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -253,3 +255,21 @@ class Notebook:
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """(lab, browser, screenshot folder) over a copy of the notebooks: the repository's stay without outputs."""
+    root, home = tmp_path_factory.mktemp("notebooks"), tmp_path_factory.mktemp("lab")
+    for notebook in (REPO / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, root / notebook.name)
+    shots = Path(os.environ.get("ANATOMY_SCREENSHOTS", home / "screenshots"))
+    with jupyter_lab(root, home) as lab, chromium(home / "chromium") as browser:
+        yield lab, browser, shots
+
+
+@pytest.fixture
+def open_notebook(session):
+    """Open a notebook of the session's copy in JupyterLab (again, to reopen it)."""
+    lab, browser, _ = session
+    return lambda name: Notebook(browser, lab, name)
