@@ -101,7 +101,8 @@ def _trace(specimen, prompt: int, sequence, positions, tops, attention) -> Trace
     image = _image_shares(specimen, sequence, attention) if attention is not None else None
     steps = [
         Step(token, token_texts(tokenizer, [token])[0],
-             position_ids=positions[j + 1] if j + 1 < len(positions) else _next_ids(specimen, prompt + j) if positions else None,
+             position_ids=(positions[j + 1] if j + 1 < len(positions) else _next_ids(specimen, prompt + j))
+             if positions else None,
              image_share=image[j] if image is not None else None,
              top=list(zip(token_texts(tokenizer, tops[j].indices), tops[j].values.tolist())) if tops else None)
         for j, token in enumerate(new)
