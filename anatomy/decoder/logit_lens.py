@@ -104,7 +104,8 @@ def lens_steps(specimen, batch, max_new_tokens: int = 4, top_k: int = 3) -> Lens
     prompt = batch["input_ids"].shape[1]
     whole = {**batch, "input_ids": sequence, "attention_mask": torch.ones_like(sequence)}
     if "mm_token_type_ids" in batch:  # (1, seq): 0 for text, so the new tokens add zeros
-        whole["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, sequence.shape[1] - prompt))
+        added = sequence.shape[1] - prompt
+        whole["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, added))
     table = logit_lens(specimen, whole, list(range(prompt - 1, sequence.shape[1] - 1)), top_k)  # [layer][step][rank]
     steps = [[layer[j] for layer in table] for j in range(sequence.shape[1] - prompt)]
     return LensSteps(token_texts(specimen.processor.tokenizer, sequence[0, prompt:]), steps)

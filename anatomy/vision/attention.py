@@ -233,7 +233,8 @@ def window_matrix_figure(maps: VisionAttention, block: int, segment: int = 0, he
     return figure
 
 
-def patch_picker_figure(maps: VisionAttention, prompt, window_block: int, full_block: int, row: int, col: int) -> Figure:
+def patch_picker_figure(maps: VisionAttention, prompt, window_block: int, full_block: int, row: int,
+                        col: int) -> Figure:
     """One patch followed through the tower: the prompt's first image with the patch (cyan) and its window (red),
     then where the patch looks in ``window_block`` and in ``full_block``, each on the patch grid beside it."""
     grid = maps.grid_thw[0]

@@ -98,7 +98,8 @@ def budget_figure(height: int, width: int, max_pixels: int, min_pixels: int = MI
     picture.vlines(np.arange(0, new_w + 1, FACTOR), 0, new_h, colors="black", linewidth=0.5, alpha=0.6)
     picture.hlines(np.arange(0, new_h + 1, FACTOR), 0, new_w, colors="black", linewidth=0.5, alpha=0.6)
     picture.set(xlim=(0, new_w), ylim=(new_h, 0), xlabel="x (px)", ylabel="y (px)",
-                title=f"max_pixels = {max_pixels // FACTOR**2}·28·28: {height}x{width} -> {new_h}x{new_w} px (H x W)\n"
+                title=f"max_pixels = {max_pixels // FACTOR**2}·28·28: {height}x{width} -> {new_h}x{new_w} px "
+                      f"(H x W)\n"
                       f"{plan.token_grid[0]}x{plan.token_grid[1]} = {plan.tokens} tokens, {plan.patches} patches")
     mib = {name.replace("_", " "): value / 2**20 for name, value in vars(budget).items()}
     bars.barh(list(mib), list(mib.values()), color="tab:blue")

@@ -245,7 +245,8 @@ class Notebook:
 
     def show_figure(self, index: int) -> None:
         """Scroll the cell of live figure ``index`` into view."""
-        self.js("window.jupyterapp.shell.currentWidget.node.querySelectorAll('[class^=\"anatomy-style-\"]')[arguments[0]]"
+        self.js("window.jupyterapp.shell.currentWidget.node"
+                ".querySelectorAll('[class^=\"anatomy-style-\"]')[arguments[0]]"
                 ".closest('.jp-Cell').scrollIntoView({block: 'start'})", index)
 
     def close(self) -> None:
