@@ -94,7 +94,7 @@ def budget_figure(height: int, width: int, max_pixels: int, min_pixels: int = MI
     new_h, new_w = plan.resized
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     picture, bars = figure.subplots(1, 2, width_ratios=(1.4, 1))
-    picture.imshow(resized(demo_image(width, height), plan), extent=(0, new_w, new_h, 0))
+    picture.imshow(resized(demo_image(height, width), plan), extent=(0, new_w, new_h, 0))
     picture.vlines(np.arange(0, new_w + 1, FACTOR), 0, new_h, colors="black", linewidth=0.5, alpha=0.6)
     picture.hlines(np.arange(0, new_h + 1, FACTOR), 0, new_w, colors="black", linewidth=0.5, alpha=0.6)
     picture.set(xlim=(0, new_w), ylim=(new_h, 0), xlabel="x (px)", ylabel="y (px)",
