@@ -162,6 +162,23 @@ class Recording:
     def recorded_on(self, model) -> bool:
         return self._model() is model
 
+    def take(self, rows) -> Recording:
+        """The recording of the rows ``rows`` (repeats allowed), for a batch built with ``batches.take``.
+
+        Vision tensors are split into equal per-picture chunks: one picture per row.
+        """
+        rows = torch.as_tensor(list(rows), dtype=torch.long)
+        images = len(self.layout.image_grid_thw)
+        tensors = {}
+        for name, tensor in self.tensors.items():
+            if name.startswith("vision."):
+                per_image = tensor.reshape(images, -1, *tensor.shape[1:])  # (images, N, ...)
+                tensors[name] = per_image[rows.to(tensor.device)].reshape(-1, *tensor.shape[1:])
+            else:
+                tensors[name] = tensor[rows.to(tensor.device)]
+        layout = Layout(self.layout.input_ids[rows], self.layout.image_grid_thw[rows])
+        return Recording(tensors, layout, self._model())
+
     def __repr__(self) -> str:
         return f"Recording({len(self.tensors)} sites, {self.layout.describe()})"
 

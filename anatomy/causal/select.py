@@ -110,12 +110,18 @@ def _spread(cells: tuple[Cell, ...], merge: int) -> tuple[Cell, ...]:
 
 def _to_model_order(raster: torch.Tensor, site: Site, grid_thw: torch.Tensor, vision) -> torch.Tensor:
     """A raster-order mask -> the order ``site`` is computed in (``raster = model[perm]``)."""
-    if site.order == PROCESSOR:
-        perm = orders.processor_to_raster(grid_thw, vision.spatial_merge_size)
-    elif site.order == WINDOW:
-        perm = orders.window_to_raster(grid_thw, vision)
-    else:
-        perm = orders.merged_window_to_raster(grid_thw, vision)
+    key = (site.order, tuple(map(tuple, grid_thw.tolist())), vision.spatial_merge_size, vision.window_size,
+           vision.patch_size)
+    if key not in _PERMS:
+        if site.order == PROCESSOR:
+            _PERMS[key] = orders.processor_to_raster(grid_thw, vision.spatial_merge_size)
+        elif site.order == WINDOW:
+            _PERMS[key] = orders.window_to_raster(grid_thw, vision)
+        else:
+            _PERMS[key] = orders.merged_window_to_raster(grid_thw, vision)
     model = torch.zeros_like(raster)
-    model[perm] = raster
+    model[_PERMS[key]] = raster
     return model
+
+
+_PERMS: dict[tuple, torch.Tensor] = {}  # permutations by (order, grids, vision geometry): a sweep asks many times
