@@ -88,7 +88,7 @@ def take(batch: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
 
 def image_tokens(spec, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The merger's output for each picture of ``batch``: one ``(tokens, D)`` tensor per picture."""
-    with torch.no_grad():
+    with torch.no_grad(), fast_vision(spec.model):
         return spec.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
 
 
@@ -101,7 +101,13 @@ def with_image_tokens(batch: dict[str, torch.Tensor], images: tuple[torch.Tensor
 
 @contextmanager
 def fast_vision(model):
-    """The toy's exact vision shortcuts (equal windows in one sdpa call, the patch embedding as one matmul)."""
+    """The toy's exact vision shortcuts (equal windows in one sdpa call, the patch embedding as one matmul).
+
+    Re-entrant: inside another ``fast_vision`` block it changes nothing.
+    """
+    if "forward" in vars(model.model.visual.patch_embed):  # already swapped in
+        yield model
+        return
     with fast_training(model):
         yield model
 
