@@ -136,11 +136,13 @@ class Layout:
         grid = batch.get("image_grid_thw")
         return cls(batch["input_ids"].detach().cpu(), None if grid is None else grid.detach().cpu())
 
-    def same_as(self, other: Layout) -> bool:
+    def same_as(self, other: Layout, image_token_id: int) -> bool:
+        """Same shape, same pictures' grids, image tokens at the same positions."""
         grids = (self.image_grid_thw is None) == (other.image_grid_thw is None) and (
             self.image_grid_thw is None or torch.equal(self.image_grid_thw, other.image_grid_thw)
         )
-        return self.input_ids.shape == other.input_ids.shape and grids
+        shape = self.input_ids.shape == other.input_ids.shape
+        return shape and grids and torch.equal(self.input_ids == image_token_id, other.input_ids == image_token_id)
 
     def describe(self) -> str:
         grid = None if self.image_grid_thw is None else self.image_grid_thw.tolist()

@@ -190,7 +190,7 @@ def _prepare_vision(model: nn.Module, call: _Call, planned: list[_Planned], grid
 
 def _decoder_mask(p: _Planned, layout: Layout, config) -> torch.Tensor:
     edit = p.edit
-    if edit.kind == "patch" and not edit.source.layout.same_as(layout):
+    if edit.kind == "patch" and not edit.source.layout.same_as(layout, config.image_token_id):
         raise ValueError(f"patch source for {p.site.name!r} was recorded on a prompt of another layout "
                          f"({edit.source.layout.describe()}); this prompt: {layout.describe()}")
     return select.decoder_mask(layout, config, edit.cells, edit.positions, edit.rows)

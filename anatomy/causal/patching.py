@@ -166,8 +166,10 @@ def profile_figure(sweeps: dict[str, Sweep]) -> Figure:
     axes = np.atleast_1d(figure.subplots(1, len(sweeps), sharey=True))
     for ax, (kind, sweep) in zip(axes, sweeps.items()):
         x = np.arange(len(sweep.sites))
-        for region, style in (("changed", "-o"), ("other", "-s"), ("answer", "-^")):
-            ax.plot(x, np.nanmean(sweep.on(region), axis=0), style, label=f"{region} {'position' if region == 'answer' else 'cells'}")
+        for region, style in (("changed", "-o"), ("other", "-s")):
+            ax.plot(x, sweep.on(region).mean(0), style, label=f"{region} cells")
+        decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]
+        ax.plot(x[decoder], sweep.on("answer")[:, decoder].mean(0), "-^", label="answer position")
         ax.set_xticks(x, [n.replace("decoder.layers.", "dec ").replace("vision.blocks.", "vis ") for n in sweep.sites],
                       rotation=60, fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
@@ -176,3 +178,15 @@ def profile_figure(sweeps: dict[str, Sweep]) -> Figure:
     axes[0].legend(fontsize=7)
     return figure
 
+
+
+def handoff(sweep: Sweep) -> dict[str, np.ndarray]:
+    """Per decoder layer i, mean over questions: the patching effect on the changed cells entering layer i
+    (``cell in``) and leaving it (``cell out``), and at the answer position entering and leaving it.
+
+    The layer that moves the answer from the cells to the answer position is the one where
+    ``answer out - answer in`` jumps (and ``cell in - cell out`` with it).
+    """
+    decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]  # inputs, then last output
+    cells, answer = sweep.on("changed")[:, decoder].mean(0), sweep.on("answer")[:, decoder].mean(0)
+    return {"cell in": cells[:-1], "cell out": cells[1:], "answer in": answer[:-1], "answer out": answer[1:]}
