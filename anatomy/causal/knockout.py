@@ -75,3 +75,17 @@ def knockout_figure(result: KnockoutResult) -> Figure:
     left.legend(title="answer -> image blocked in", fontsize=7)
     figure.suptitle(f"attention knockout, {result.n} held-out questions", fontsize=9)
     return figure
+
+
+def knockout_queries(spec, samples: list[Sample], positions: list[int], layers) -> tuple[np.ndarray, np.ndarray]:
+    """Block each row's query ``positions[i]`` from every image token in ``layers``.
+
+    Returns ``(right, logit_drop)``, each ``(questions,)``: answered right, and the fall of the right
+    answer's logit from the unedited run.
+    """
+    batch = toy_batch(spec, samples)
+    edits = [knockout(layers, queries=[p], keys="image", rows=[i]) for i, p in enumerate(positions)]
+    plain, blocked = answer_logits(spec, batch), answer_logits(spec, batch, edits)
+    rows, truth = torch.arange(len(samples)), batch["labels"].to(plain.device)
+    drop = (plain - blocked)[rows, truth].cpu().numpy()
+    return (blocked.argmax(-1) == truth).cpu().numpy(), drop

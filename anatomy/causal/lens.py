@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from anatomy.causal.batches import toy_batch
 from anatomy.causal.probes import cell_features
 from anatomy.gqa import decoder_layers
 from anatomy.logit_lens import lens_logits
@@ -36,7 +37,7 @@ class ImageLens:
 def image_lens(spec, samples: list[Sample]) -> ImageLens:
     """Read every image token after every decoder layer through the lens."""
     sites = [f"decoder.layers.{i}.output" for i in range(len(decoder_layers(spec)))]
-    features = cell_features(spec, samples, sites)
+    features = cell_features(spec, toy_batch(spec, samples), sites)
     colour_ids = torch.tensor([answer_tokens(spec.processor)[c] for c in COLOURS])
     decode = spec.processor.tokenizer.decode
     tops, hits = [], []

@@ -190,3 +190,70 @@ def handoff(sweep: Sweep) -> dict[str, np.ndarray]:
     decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]  # inputs, then last output
     cells, answer = sweep.on("changed")[:, decoder].mean(0), sweep.on("answer")[:, decoder].mean(0)
     return {"cell in": cells[:-1], "cell out": cells[1:], "answer in": answer[:-1], "answer out": answer[1:]}
+
+
+@dataclass
+class PositionSweep:
+    """Patching effect of every prompt position at one decoder site: ``effects`` ``(questions, L)`` (NaN on
+    padding), ``tokens`` ``(questions, L)`` each position's decoded token (image tokens as ``img r,c``)."""
+
+    site: str
+    effects: np.ndarray
+    tokens: list[list[str]]
+    samples: list[Sample]
+
+
+def position_sweep(spec, samples: list[Sample], site: str, batch_size: int = 512) -> PositionSweep:
+    """Patch each prompt position of ``site`` (a decoder site) from each counterfactual into its clean run."""
+    corrupted = [counterfactual(s) for s in samples]
+    clean_batch, bad_batch = toy_batch(spec, samples), toy_batch(spec, corrupted)
+    clean_ids, bad_ids = clean_batch["labels"], bad_batch["labels"]
+    length = clean_batch["input_ids"].shape[1]
+    real = clean_batch["attention_mask"].bool().cpu().numpy()
+    variants = [(q, p) for q in range(len(samples)) for p in range(length) if real[q, p]]
+    effects = np.full((len(samples), length), np.nan)
+    with fast_vision(spec.model):
+        source = record(spec, {k: v for k, v in bad_batch.items() if k != "labels"}, site)
+        clean_ld = _ld(answer_logits(spec, clean_batch), clean_ids, bad_ids)
+        bad_ld = _ld(answer_logits(spec, bad_batch), clean_ids, bad_ids)
+        images = image_tokens(spec, clean_batch)
+        for part in chunks(len(variants), batch_size):
+            chosen = [variants[i] for i in part]
+            rows = [q for q, _ in chosen]
+            by_position: dict[int, list[int]] = {}
+            for row, (_, p) in enumerate(chosen):
+                by_position.setdefault(p, []).append(row)
+            taken = source.take(rows)
+            edits = [patch(site, taken, positions=[p], rows=where) for p, where in by_position.items()]
+            ld = _ld(answer_logits(spec, with_image_tokens(clean_batch, images, rows), edits), clean_ids[rows],
+                     bad_ids[rows])
+            for (q, p), value in zip(chosen, ld):
+                effects[q, p] = (clean_ld[q] - value) / (clean_ld[q] - bad_ld[q])
+    return PositionSweep(site, effects, _tokens(spec, clean_batch["input_ids"]), samples)
+
+
+def _tokens(spec, input_ids: torch.Tensor) -> list[list[str]]:
+    """Each position's token, decoded; image tokens named by their cell (raster order)."""
+    decode = spec.processor.tokenizer.decode
+    rows = []
+    for ids in input_ids.tolist():
+        cells = iter(range(GRID * GRID))
+        rows.append([f"img {divmod(next(cells), GRID)}" if i == spec.config.image_token_id else decode([i])
+                     for i in ids])
+    return rows
+
+
+def position_figure(sweep: PositionSweep, question: int = 0) -> Figure:
+    """One question's effect per prompt position (padding left out), each bar labelled with its token."""
+    keep = ~np.isnan(sweep.effects[question])
+    effects = sweep.effects[question][keep]
+    labels = [t for t, k in zip(sweep.tokens[question], keep) if k]
+    figure = Figure(figsize=(max(6.0, 0.22 * len(labels)), 3.0), layout="constrained")
+    axis = figure.subplots()
+    colours = ["tab:orange" if label.startswith("img") else "tab:blue" for label in labels]
+    axis.bar(np.arange(len(labels)), effects, color=colours)
+    axis.set_xticks(np.arange(len(labels)), [repr(label)[1:-1][:10] for label in labels], rotation=90, fontsize=6)
+    axis.set_ylabel("effect (1 = flipped)")
+    axis.set_title(f"{sweep.samples[question].question!r}: patching one position at {sweep.site} "
+                   f"(orange: image tokens)", fontsize=9)
+    return figure

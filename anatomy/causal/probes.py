@@ -49,22 +49,23 @@ def probe_sites(spec) -> list[str]:
             + [f"decoder.layers.{i}.output" for i in range(layers)])
 
 
-def cell_features(spec, samples: list[Sample], sites: list[str]) -> dict[str, torch.Tensor]:
-    """``site -> (pictures, 16, D)``: each cell's representation, in raster order over the grid."""
-    batch = {k: v for k, v in toy_batch(spec, samples).items() if k != "labels"}
+def cell_features(spec, batch: dict, sites: list[str]) -> dict[str, torch.Tensor]:
+    """``site -> (pictures, 16, D)``: each cell's representation in ``batch`` (``toy_batch``), raster order."""
+    batch = {k: v.to(spec.model.device) for k, v in batch.items() if k != "labels"}
     with torch.no_grad(), fast_vision(spec.model), capture(spec, sites) as cache:
         spec.model(**batch, logits_to_keep=1)
     image = batch["input_ids"] == spec.config.image_token_id
+    pictures = len(batch["image_grid_thw"])
     features = {}
     for site in sites:
         tensor = cache[site].float()
         if site.startswith("decoder."):
-            features[site] = tensor[image].reshape(len(samples), GRID * GRID, -1)
+            features[site] = tensor[image].reshape(pictures, GRID * GRID, -1)
         elif site == "vision.merger.output":
-            features[site] = tensor.reshape(len(samples), GRID * GRID, -1)
+            features[site] = tensor.reshape(pictures, GRID * GRID, -1)
         else:  # patches, raster (pictures, 2 GRID, 2 GRID, D) -> each cell's 2x2 patches side by side, as merged
-            patches = tensor.reshape(len(samples), GRID, 2, GRID, 2, -1).permute(0, 1, 3, 2, 4, 5)
-            features[site] = patches.reshape(len(samples), GRID * GRID, -1)  # (pictures, 16, 4 D)
+            patches = tensor.reshape(pictures, GRID, 2, GRID, 2, -1).permute(0, 1, 3, 2, 4, 5)
+            features[site] = patches.reshape(pictures, GRID * GRID, -1)  # (pictures, 16, 4 D)
     return features
 
 
@@ -97,8 +98,8 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, ridge: float = 1.0) -> floa
     return float(((test @ weights).argmax(1).numpy() == test_y).mean())
 
 
-def _scores(spec, samples: list[Sample], sites: list[str], split: int) -> dict[str, np.ndarray]:
-    features, labels = cell_features(spec, samples, sites), cell_labels(samples)
+def _scores(spec, batch: dict, samples: list[Sample], sites: list[str], split: int) -> dict[str, np.ndarray]:
+    features, labels = cell_features(spec, batch, sites), cell_labels(samples)
     scores = {p: np.zeros(len(sites)) for p in PROPERTIES}
     for p in PROPERTIES:
         y = labels[p]
@@ -115,10 +116,11 @@ def probe_layers(spec, control_spec, pictures: int = 240, seed: int = 0) -> Prob
     samples = [sample(seed, "valid", i) for i in range(pictures)]  # pictures never trained on
     split = pictures * 3 // 4
     sites = probe_sites(spec)
+    batch = toy_batch(spec, samples)  # one encoding for both models: they share the processor
     labels = cell_labels(samples[:split])
     chance = {p: float(np.bincount(labels[p][labels[p] >= 0]).max() / (labels[p] >= 0).sum()) for p in PROPERTIES}
-    return ProbeResult(sites, _scores(spec, samples, sites, split), _scores(control_spec, samples, sites, split),
-                       chance, split, pictures - split)
+    trained, control = _scores(spec, batch, samples, sites, split), _scores(control_spec, batch, samples, sites, split)
+    return ProbeResult(sites, trained, control, chance, split, pictures - split)
 
 
 def probe_figure(result: ProbeResult) -> Figure:
