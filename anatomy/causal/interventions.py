@@ -208,39 +208,36 @@ def _forbidden(knock: Knockout, layout: Layout, config) -> torch.Tensor:
     return queries[:, :, None] & keys[:, None, :]
 
 
-def _replacement(p: _Planned, current: torch.Tensor) -> torch.Tensor:
-    """What the selected entries become: zeros, the reference mean, or the recorded value."""
+def _values(p: _Planned, current: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
+    """What the entries of ``current`` under ``mask`` become: zeros, the reference mean, or the recorded value."""
     if p.edit.kind == "zero":
-        return torch.zeros((), dtype=current.dtype, device=current.device)
+        return 0.0
     source = p.edit.source[p.site.name].to(current.device, current.dtype)
     if p.edit.kind == "patch":
-        return source
+        return source[mask]
     if p.site.order == NONE:  # decoder (B_ref, L, ...): mean over the reference rows
         if source.shape[1:] != current.shape[1:]:
             raise ValueError(f"mean reference for {p.site.name!r} has shape {tuple(source.shape)}; "
                              f"this prompt's is {tuple(current.shape)}: record the reference on prompts of this length")
-        return source.mean(0, keepdim=True)
+        return source.mean(0, keepdim=True).expand_as(current)[mask]
     images = len(p.edit.source.layout.image_grid_thw)  # vision (images * N, ...): mean over reference images
     per_image = source.reshape(images, -1, *source.shape[1:]).mean(0)
     repeats = current.shape[0] // per_image.shape[0]
     if repeats * per_image.shape[0] != current.shape[0]:
         raise ValueError(f"mean reference for {p.site.name!r}: {per_image.shape[0]} rows per image do not tile "
                          f"this prompt's {current.shape[0]}: record the reference on images of this size")
-    return per_image.repeat(repeats, *[1] * (per_image.ndim - 1))
+    return per_image.repeat(repeats, *[1] * (per_image.ndim - 1))[mask]
 
 
-def _apply(p: _Planned, current: torch.Tensor) -> torch.Tensor:
-    """``current`` with the selected entries replaced; heads edits split the last axis into heads first."""
-    mask = p.mask.to(current.device)
+def _write(p: _Planned, out: torch.Tensor) -> None:
+    """Write ``p``'s edit into ``out`` (a private copy) in place; heads edits split the last axis into heads."""
+    mask = p.mask.to(out.device)
     if p.heads:
-        split = current.reshape(*current.shape[:-1], p.heads, -1)  # (..., heads, head_dim)
-        chosen = torch.zeros(p.heads, dtype=torch.bool, device=current.device)
+        out = out.view(*out.shape[:-1], p.heads, -1)  # (..., heads, head_dim), a view: writes reach ``out``
+        chosen = torch.zeros(p.heads, dtype=torch.bool, device=out.device)
         chosen[list(p.edit.heads)] = True
         mask = mask[..., None] & chosen  # (..., heads)
-        edited = torch.where(mask[..., None], _replacement(p, split), split)
-        return edited.reshape(current.shape)
-    mask = mask.reshape(*mask.shape, *[1] * (current.ndim - mask.ndim))
-    return torch.where(mask, _replacement(p, current), current)
+    out[mask] = _values(p, out, mask)
 
 
 def _hook(module: nn.Module, group: list[_Planned], call: _Call):
@@ -250,8 +247,12 @@ def _hook(module: nn.Module, group: list[_Planned], call: _Call):
         return _split_hooks(module, group, call)
 
     def edited(value):
-        for p in group:
-            value = _apply(p, value)
+        active = [p for p in group if p.mask.any()]
+        if not active:
+            return value
+        value = value.clone()  # the model's own tensor may be used elsewhere (residual connections)
+        for p in active:
+            _write(p, value)
         return value
 
     vision = group[0].site.order != NONE  # the vision tower runs on prompts only: always edited

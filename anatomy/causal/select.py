@@ -56,11 +56,16 @@ def decoder_mask(layout: Layout, config, cells=None, positions=None, rows=None) 
             raise ValueError(f"position {bad[0]} is outside the prompt of {length} tokens (-{length} to {length - 1})")
         mask[:, list(positions)] = True
     if cells is not None:
-        flat = mask.view(-1)
-        for k, tokens in enumerate(image_tokens(layout, config)):
-            t, h, w = _grid(layout, k, merge)
-            _check_cells(cells, h, w, "cell", k)
-            flat[tokens[_cell_index(cells, t, h, w)]] = True
+        flat, tokens = mask.view(-1), image_tokens(layout, config)
+        grids = [_grid(layout, k, merge) for k in range(len(tokens))]
+        for k, (t, h, w) in enumerate(grids):
+            if (t, h, w) not in grids[:k]:
+                _check_cells(cells, h, w, "cell", k)
+        if len(set(grids)) == 1:  # one grid: every image's tokens side by side, (images, tokens per image)
+            flat[torch.stack(tokens)[:, _cell_index(cells, *grids[0])].reshape(-1)] = True
+        else:
+            for k, (t, h, w) in enumerate(grids):
+                flat[tokens[k][_cell_index(cells, t, h, w)]] = True
     if positions is None and cells is None:
         mask[:] = True
     return mask & _rows(rows, batch)[:, None]
@@ -87,8 +92,10 @@ def vision_mask(site: Site, grid_thw: torch.Tensor, config, cells=None, patches=
         raise ValueError(f"patches= selects patches; site {site.name!r} holds merged tokens: use cells=")
     chosen = _rows(images, len(grid_thw))
     unit = 1 if merged else merge  # patches per cell side at this site
-    parts = []
+    parts: dict[tuple[int, int, int], torch.Tensor] = {}  # one mask per distinct grid
     for k, (t, h, w) in enumerate(grid_thw.tolist()):
+        if (t, h, w) in parts:
+            continue
         h, w = (h // merge, w // merge) if merged else (h, w)
         part = torch.zeros(t * h * w, dtype=torch.bool)
         if cells is not None:
@@ -99,8 +106,13 @@ def vision_mask(site: Site, grid_thw: torch.Tensor, config, cells=None, patches=
             part[_cell_index(patches, t, h, w)] = True
         if cells is None and patches is None:
             part[:] = True
-        parts.append(part & chosen[k])
-    return _to_model_order(torch.cat(parts), site, grid_thw, vision)
+        parts[tuple(grid_thw[k].tolist())] = part
+    per_image = [parts[tuple(g)] for g in grid_thw.tolist()]
+    if len(parts) == 1:  # one grid: (images, N per image)
+        raster = (torch.stack(per_image) & chosen[:, None]).reshape(-1)
+    else:
+        raster = torch.cat(per_image) & torch.repeat_interleave(chosen, torch.tensor([len(p) for p in per_image]))
+    return _to_model_order(raster, site, grid_thw, vision)
 
 
 def _spread(cells: tuple[Cell, ...], merge: int) -> tuple[Cell, ...]:
@@ -110,18 +122,18 @@ def _spread(cells: tuple[Cell, ...], merge: int) -> tuple[Cell, ...]:
 
 def _to_model_order(raster: torch.Tensor, site: Site, grid_thw: torch.Tensor, vision) -> torch.Tensor:
     """A raster-order mask -> the order ``site`` is computed in (``raster = model[perm]``)."""
-    key = (site.order, tuple(map(tuple, grid_thw.tolist())), vision.spatial_merge_size, vision.window_size,
-           vision.patch_size)
-    if key not in _PERMS:
+    key = (site.order, grid_thw.numpy().tobytes(), vision.spatial_merge_size, vision.window_size, vision.patch_size)
+    if key not in _INVERSE:
         if site.order == PROCESSOR:
-            _PERMS[key] = orders.processor_to_raster(grid_thw, vision.spatial_merge_size)
+            perm = orders.processor_to_raster(grid_thw, vision.spatial_merge_size)
         elif site.order == WINDOW:
-            _PERMS[key] = orders.window_to_raster(grid_thw, vision)
+            perm = orders.window_to_raster(grid_thw, vision)
         else:
-            _PERMS[key] = orders.merged_window_to_raster(grid_thw, vision)
-    model = torch.zeros_like(raster)
-    model[_PERMS[key]] = raster
-    return model
+            perm = orders.merged_window_to_raster(grid_thw, vision)
+        if len(_INVERSE) > 64:
+            _INVERSE.clear()
+        _INVERSE[key] = torch.argsort(perm)  # model[j] = raster[inverse[j]]
+    return raster[_INVERSE[key]]
 
 
-_PERMS: dict[tuple, torch.Tensor] = {}  # permutations by (order, grids, vision geometry): a sweep asks many times
+_INVERSE: dict[tuple, torch.Tensor] = {}  # inverse permutations by (order, grids, geometry): a sweep asks many times
