@@ -33,7 +33,7 @@ def prompt(specimen):
     """The image prompt with the answer appended: (batch, answer positions)."""
     from anatomy.inputs import demo_image, encode
 
-    batch = encode(specimen, demo_image(1120, 728), "Describe the picture.")
+    batch = encode(specimen, demo_image(728, 1120), "Describe the picture.")
     answer = specimen.processor.tokenizer(ANSWER, return_tensors="pt")["input_ids"]
     seq = batch["input_ids"].shape[1]
     batch["input_ids"] = torch.cat([batch["input_ids"], answer], dim=1)
@@ -50,7 +50,7 @@ def _kib(field: str) -> int:
 def measure(mode: str) -> dict:
     """Run one mode in this process: peak bytes above the pre-forward RSS, attention bytes returned."""
     import anatomy
-    from anatomy.attention_maps import attention_rows
+    from anatomy.decoder.attention import attention_rows
 
     specimen = anatomy.load("tiny", attn_implementation="eager" if mode == "eager" else "sdpa")
     batch, rows = prompt(specimen)

@@ -29,7 +29,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 import anatomy
 from anatomy import capture
 from anatomy.inputs import demo_image, encode
-from anatomy.sources import Specimen, config_path
+from anatomy.model import Specimen, config_path
 from results import write_section
 
 WIDER_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, max_window_layers=8,
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     rows, load_before = [], os.getloadavg()[0]
     for name, specimen in (("tiny", anatomy.load("tiny")), ("wider", wider())):
-        batch = encode(specimen, demo_image(448, 336))
+        batch = encode(specimen, demo_image(336, 448))
         (base, kept, copied), sites = median_seconds(specimen, batch, args.repeats)
         rows.append(f"| {name} | {sites} | {base:.3f} | {kept:.3f} | **{kept / base:.3f}** | {copied:.3f} | {copied / base:.3f} |")
     body = (

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from anatomy.causal.batches import answer_logits, chunks, image_tokens, toy_batch, with_image_tokens
 from anatomy.causal.edits import zero
-from anatomy.gqa import decoder_layers, text_config
+from anatomy.model import decoder_layers, text_config
 from anatomy.toy.task import QUESTION_TYPES, Sample
 
 

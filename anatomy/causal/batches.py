@@ -17,6 +17,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anatomy.causal.interventions import intervene
+from anatomy.model import multimodal, vision_tower
 from anatomy.toy.kernels import fast_training
 from anatomy.toy.encode import encode
 from anatomy.toy.shapes import GRID
@@ -89,7 +90,7 @@ def take(batch: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
 def image_tokens(spec, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The merger's output for each picture of ``batch``: one ``(tokens, D)`` tensor per picture."""
     with torch.no_grad(), fast_vision(spec.model):
-        return spec.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+        return multimodal(spec).get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
 
 
 def with_image_tokens(batch: dict[str, torch.Tensor], images: tuple[torch.Tensor, ...], rows) -> dict:
@@ -105,7 +106,7 @@ def fast_vision(model):
 
     Re-entrant: inside another ``fast_vision`` block it changes nothing.
     """
-    if "forward" in vars(model.model.visual.patch_embed):  # already swapped in
+    if "forward" in vars(vision_tower(model).patch_embed):  # already swapped in
         yield model
         return
     with fast_training(model):

@@ -1,12 +1,12 @@
 """What an intervention changes: edit specs, the prompt layout they select in, and recorded sources.
 
-An ``Edit`` names a capture site (``anatomy.sites``) and what to write there:
+An ``Edit`` names a capture site (``anatomy.capture.sites``) and what to write there:
 
 >>> zero("vision.merger.output", cells=[(1, 2)])                 # one image cell's merged token
 >>> zero("decoder.layers.1.self_attn", heads=[3])                # head 3's output, before o_proj
 >>> patch("decoder.layers.0.input", clean, cells=[(0, 0)])       # clean -> corrupted, one cell
 >>> mean("vision.blocks.2.output", reference, cells=[(3, 3)])    # mean over a reference set
->>> knockout(layers=[1], queries=[-1], keys="image")             # the last token may not see the image
+>>> knock_out(layers=[1], queries=[-1], keys="image")             # the last token may not see the image
 
 Selections (all optional, combined with "and" across kinds, "or" within ``cells`` and ``positions``):
 ``cells`` are (row, col) of the merged-token grid (one decoder image token, 2x2 patches),
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomy.activations import bare_model, capture
+from anatomy.capture import capture
+from anatomy.model import unwrap
 
 KINDS = ("zero", "mean", "patch")
 Cell = tuple[int, int]
@@ -104,7 +105,7 @@ def patch(site: str, source: Recording, *, cells=None, patches=None, positions=N
     return _edit(site, "patch", _recording(source), cells, patches, positions, heads, rows)
 
 
-def knockout(layers, *, queries=(-1,), keys="image", cells=None, rows=None) -> Knockout:
+def knock_out(layers, *, queries=(-1,), keys="image", cells=None, rows=None) -> Knockout:
     """Forbid attention from ``queries`` to ``keys`` in ``layers``.
 
     ``keys``: ``"image"`` (every image token, or only ``cells`` of it) or token positions.
@@ -187,7 +188,7 @@ class Recording:
 
 def record(model, batch: dict, sites) -> Recording:
     """Run ``model`` on ``batch`` once and keep ``sites`` (names or wildcards) for patching."""
-    bare = bare_model(model)
+    bare = unwrap(model)
     with torch.no_grad(), capture(bare, sites, device=None, order="model") as cache:
         bare(**batch)
     return Recording({name: cache[name] for name in cache}, Layout.of(batch), bare)

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anatomy.activations import bare_model
+from anatomy.model import unwrap
 from anatomy.causal import select
 from anatomy.causal.edits import Edit, Knockout, Layout
-from anatomy.gqa import check_layers, decoder_layers
-from anatomy.sites import NONE, Site, find_module, resolve
+from anatomy.model import check_layers, decoder_layers, vision_tower
+from anatomy.capture.sites import NONE, Site, resolve
 
 HEAD_SITES = {"self_attn": "o_proj", "attn": "proj"}  # site leaf -> the projection whose input holds the heads
 KNOCKOUT_KERNELS = ("eager", "sdpa")
@@ -58,7 +58,7 @@ class _Call:
 @contextlib.contextmanager
 def intervene(model, edits):
     """Apply ``edits`` (``Edit`` and ``Knockout`` items, see ``anatomy.causal.edits``) inside the block."""
-    bare = bare_model(model)
+    bare = unwrap(model)
     edits = [edits] if isinstance(edits, (Edit, Knockout)) else list(edits)
     planned = [p for edit in edits if isinstance(edit, Edit) for p in _plan(bare, edit)]
     knockouts = [_checked_knockout(bare, k) for k in edits if isinstance(k, Knockout)]
@@ -69,7 +69,7 @@ def intervene(model, edits):
     handles = []
     try:
         handles.append(bare.register_forward_pre_hook(_on_call(bare, call, planned, knockouts), with_kwargs=True))
-        vision = bare.get_submodule(find_module(bare, "patch_embed", "merger", "blocks"))
+        vision = vision_tower(bare)
         handles.append(vision.register_forward_pre_hook(_on_vision(bare, call, planned), with_kwargs=True))
         for path, group in _by_module(planned).items():
             handles.append(_hook(bare.get_submodule(path), group, call))

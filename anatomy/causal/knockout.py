@@ -17,8 +17,8 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.causal.batches import answer_logits, chunks, image_tokens, toy_batch, with_image_tokens
-from anatomy.causal.edits import knockout
-from anatomy.gqa import decoder_layers
+from anatomy.causal.edits import knock_out
+from anatomy.model import decoder_layers
 from anatomy.toy.task import QUESTION_TYPES, Sample
 
 
@@ -46,7 +46,7 @@ def knockout_by_layer(spec, samples: list[Sample], batch_size: int = 512) -> Kno
     for part in chunks(len(variants), batch_size):
         chosen = [variants[i] for i in part]
         rows = [q for _, q in chosen]
-        edits = [knockout(layer_sets[c], queries=[-1], keys="image", rows=[i for i, (v, _) in enumerate(chosen) if v == c])
+        edits = [knock_out(layer_sets[c], queries=[-1], keys="image", rows=[i for i, (v, _) in enumerate(chosen) if v == c])
                  for c in sorted({c for c, _ in chosen}) if layer_sets[c]]
         logits = answer_logits(spec, with_image_tokens(batch, images, rows), edits)
         truth = labels[rows].to(logits.device)
@@ -84,7 +84,7 @@ def knockout_queries(spec, samples: list[Sample], positions: list[int], layers) 
     answer's logit from the unedited run.
     """
     batch = toy_batch(spec, samples)
-    edits = [knockout(layers, queries=[p], keys="image", rows=[i]) for i, p in enumerate(positions)]
+    edits = [knock_out(layers, queries=[p], keys="image", rows=[i]) for i, p in enumerate(positions)]
     plain, blocked = answer_logits(spec, batch), answer_logits(spec, batch, edits)
     rows, truth = torch.arange(len(samples)), batch["labels"].to(plain.device)
     drop = (plain - blocked)[rows, truth].cpu().numpy()

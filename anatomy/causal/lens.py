@@ -1,7 +1,7 @@
 """The logit lens on image tokens: what each cell's state would say, read through the final norm and lm_head.
 
 After each decoder layer, each image token's residual stream goes through the model's final
-RMSNorm and ``lm_head`` (``anatomy.logit_lens.lens_logits``). On an object's cell, is the object's
+RMSNorm and ``lm_head`` (``anatomy.decoder.logit_lens.lens_logits``). On an object's cell, is the object's
 colour word the likeliest of the six colour words? Chance is 1/6.
 
 >>> lens = image_lens(spec, [sample(0, "test", i) for i in range(60)])
@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from anatomy.causal.batches import toy_batch
 from anatomy.causal.probes import cell_features
-from anatomy.gqa import decoder_layers
-from anatomy.logit_lens import lens_logits
+from anatomy.model import decoder_layers
+from anatomy.decoder.logit_lens import lens_logits
 from anatomy.toy.encode import answer_tokens
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample

@@ -27,14 +27,14 @@ from matplotlib.figure import Figure
 from anatomy.causal.batches import (answer_logits, chunks, counterfactual, fast_vision, image_tokens, take, toy_batch,
                                     with_image_tokens)
 from anatomy.causal.edits import patch, record
-from anatomy.gqa import decoder_layers
+from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import Sample
 
 
 def residual_sites(spec) -> list[str]:
     """The residual stream in data-flow order: vision block outputs, decoder layer inputs, last output."""
-    depth = len(spec.model.model.visual.blocks)
+    depth = len(vision_blocks(spec))
     layers = len(decoder_layers(spec))
     return ([f"vision.blocks.{i}.output" for i in range(depth)] + [f"decoder.layers.{i}.input" for i in range(layers)]
             + [f"decoder.layers.{layers - 1}.output"])

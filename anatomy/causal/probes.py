@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.activations import capture
+from anatomy.capture import capture
 from anatomy.causal.batches import fast_vision, toy_batch
-from anatomy.gqa import decoder_layers
+from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID, SHAPES
 from anatomy.toy.task import COLOURS, Sample, sample
 
@@ -44,7 +44,7 @@ class ProbeResult:
 
 
 def probe_sites(spec) -> list[str]:
-    depth, layers = len(spec.model.model.visual.blocks), len(decoder_layers(spec))
+    depth, layers = len(vision_blocks(spec)), len(decoder_layers(spec))
     return ([f"vision.blocks.{i}.output" for i in range(depth)] + ["vision.merger.output"]
             + [f"decoder.layers.{i}.output" for i in range(layers)])
 

@@ -2,7 +2,7 @@
 
 A decoder site is ``(B, L, ...)``: its mask is ``(B, L)``. A vision site is ``(N, ...)`` over the
 patches (or merged tokens) of every image of the batch, in window or processor order: its mask is
-``(N,)``, built in raster order (row by row over each image) and permuted with ``anatomy.order``.
+``(N,)``, built in raster order (row by row over each image) and permuted with ``anatomy.capture.orders``.
 
 Image cells are (row, col) of the merged grid: image k with ``image_grid_thw[k] = (1, h, w)`` has
 ``h/2 x w/2`` cells, its decoder tokens in raster order, cell (r, c) covering patches
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from anatomy import order as orders
+from anatomy.capture import orders
 from anatomy.causal.edits import Cell, Layout
-from anatomy.sites import MERGED_WINDOW, PROCESSOR, WINDOW, Site
+from anatomy.capture.sites import MERGED_WINDOW, PROCESSOR, WINDOW, Site
 
 
 def image_tokens(layout: Layout, config) -> list[torch.Tensor]:

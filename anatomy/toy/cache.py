@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from anatomy.sources import TOY, config_path
+from anatomy.model import TOY, config_path
 from anatomy.toy.training import Recipe
 
 CACHE_ENV = "ANATOMY_CACHE"

@@ -1,7 +1,7 @@
 """``load_toy``: the trained toy Qwen2.5-VL, trained on first use and cached.
 
->>> spec = load_toy()            # first call: trains (~3 min on 2 CPU cores), later calls: ~1 s
->>> spec.kind
+>>> specimen = load_toy()            # first call: trains (~3 min on 2 CPU cores), later calls: ~1 s
+>>> specimen.kind
 'toy'
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from anatomy.model import ATTENTION_KERNELS, Specimen
 from anatomy.processor import offline_processor
-from anatomy.sources import ATTENTION_KERNELS, Specimen
 from anatomy.toy.cache import CacheError, cache_dir, discard, save, verify
 from anatomy.toy.training import Log, Recipe, initial_model, toy_config, train
 
@@ -46,7 +46,7 @@ def load_toy(
 
 def untrained_toy(recipe: Recipe = Recipe()) -> Specimen:
     """The toy model as ``recipe`` starts it, before any training: the random baseline of the evaluation."""
-    return Specimen(initial_model(toy_config(), recipe.seed).eval(), "toy (untrained)", "tiny")
+    return Specimen(initial_model(toy_config(), recipe.seed).eval(), "toy (untrained)", "untrained")
 
 
 def ensure_trained(recipe: Recipe = Recipe(), retrain: bool = False, progress: bool = True) -> Path:

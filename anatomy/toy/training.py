@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from anatomy.sources import TOY, shipped_config
+from anatomy.model import TOY, shipped_config
 from anatomy.toy.encode import answer_tokens, encode, encode_conversations
 from anatomy.toy.kernels import Layouts, fast_training
 from anatomy.toy.task import QUESTION_TYPES, questions, sample
