@@ -12,17 +12,18 @@ forward pass each, as a sweep without batching would run them, and extrapolated 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
+from results import write_section
 
 import anatomy
 from anatomy.causal import intervene, patch, record
 from anatomy.causal.batches import fast_vision, toy_batch
 from anatomy.causal.patching import patching_sweep, residual_sites
 from anatomy.toy import sample
-from results import write_section
 
 
 def one_row_seconds(spec, question, sites: list[str], repeats: int = 6) -> float:
@@ -47,7 +48,9 @@ def main() -> None:
     spec = anatomy.load("toy")
     questions = [sample(0, "test", i) for i in range(args.questions)]
     patching_sweep(spec, questions[:1])  # warm-up: caches, thread pools
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
     sweep = patching_sweep(spec, questions)
+    load, cpu = (load_before + os.getloadavg()[0]) / 2, time.process_time() - cpu_before
     rows = int(np.isfinite(sweep.effects).sum())
     single = one_row_seconds(spec, questions[0], residual_sites(spec))
     body = (
@@ -56,12 +59,15 @@ def main() -> None:
         f"{rows} patched copies.\n\n"
         f"| | value |\n|---|---|\n"
         f"| sweep wall time (batched) | {sweep.seconds:.1f} s (target < 30 s) |\n"
+        f"| sweep CPU time, all threads | {cpu:.1f} s |\n"
         f"| forward passes | {sweep.forward_passes} (source recording, 2 unpatched runs, image tokens once, "
         f"{sweep.forward_passes - 4} batched passes of the copies) |\n"
         f"| one copy alone, median | {single * 1000:.0f} ms |\n"
         f"| the same sweep one forward pass per copy (extrapolated) | {single * rows:.0f} s, "
         f"{rows + 3} forward passes |\n"
         f"| speed-up of batching | {single * rows / sweep.seconds:.1f}x |\n"
+        f"\nThe machine's 1-minute load average during the sweep: {load:.1f} on {os.cpu_count()} cores "
+        f"(other jobs share it; times scale with it).\n"
     )
     print(body)
     write_section("Patching sweep", body)

@@ -13,13 +13,12 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anatomy.causal.interventions import intervene
 from anatomy.model import multimodal, vision_tower
-from anatomy.toy.kernels import fast_training
 from anatomy.toy.encode import encode
+from anatomy.toy.kernels import fast_training
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample, Thing
 

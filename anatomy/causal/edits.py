@@ -80,7 +80,7 @@ def _pairs(values, name: str) -> tuple[Cell, ...] | None:
 
 def _edit(site: str, kind: str, source, cells, patches, positions, heads, rows) -> Edit:
     if not isinstance(site, str):
-        raise ValueError(f"site={site!r}: expected one site name (a string)")
+        raise TypeError(f"site={site!r}: expected one site name (a string)")
     return Edit(
         site, kind, source, _pairs(cells, "cells"), _pairs(patches, "patches"),
         _ints(positions, "positions"), _ints(heads, "heads"), _ints(rows, "rows"),

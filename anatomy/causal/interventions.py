@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anatomy.model import unwrap
+from anatomy.capture.sites import NONE, Site, resolve
 from anatomy.causal import select
 from anatomy.causal.edits import Edit, Knockout, Layout
-from anatomy.model import check_layers, decoder_layers, vision_tower
-from anatomy.capture.sites import NONE, Site, resolve
+from anatomy.model import check_layers, decoder_layers, unwrap, vision_tower
 
 HEAD_SITES = {"self_attn": "o_proj", "attn": "proj"}  # site leaf -> the projection whose input holds the heads
 KNOCKOUT_KERNELS = ("eager", "sdpa")

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from anatomy.causal.batches import toy_batch
 from anatomy.causal.probes import cell_features
-from anatomy.model import decoder_layers
 from anatomy.decoder.logit_lens import lens_logits
+from anatomy.model import decoder_layers
 from anatomy.toy.encode import answer_tokens
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample

@@ -24,8 +24,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.causal.batches import (answer_logits, chunks, counterfactual, fast_vision, image_tokens, take, toy_batch,
-                                    with_image_tokens)
+from anatomy.causal.batches import (
+    answer_logits,
+    chunks,
+    counterfactual,
+    fast_vision,
+    image_tokens,
+    take,
+    toy_batch,
+    with_image_tokens,
+)
 from anatomy.causal.edits import patch, record
 from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID

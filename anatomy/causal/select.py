@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from anatomy.capture import orders
-from anatomy.causal.edits import Cell, Layout
 from anatomy.capture.sites import MERGED_WINDOW, PROCESSOR, WINDOW, Site
+from anatomy.causal.edits import Cell, Layout
 
 
 def image_tokens(layout: Layout, config) -> list[torch.Tensor]:

@@ -196,12 +196,17 @@ def test_generate_edits_the_prompt_and_matches_a_run_without_cache(tiny, pair):
 
 
 def test_hooks_are_removed_on_every_exit(tiny, pair):
-    a, b = pair
+    a, _ = pair
     before = _hooks(tiny.model)
-    with pytest.raises(RuntimeError, match="inside"):
-        with intervene(tiny, [zero("vision.merger.output"), knock_out(0)]):
-            assert _hooks(tiny.model) > before
-            raise RuntimeError("inside the block")
+    edits = [zero("vision.merger.output"), zero("decoder.layers.1.self_attn", heads=[0]), knock_out(0)]
+    with pytest.raises(RuntimeError, match="inside"), intervene(tiny, edits):
+        assert _hooks(tiny.model) > before
+        with torch.no_grad():
+            tiny.model(**a)
+        raise RuntimeError("inside the block")
+    assert _hooks(tiny.model) == before
+    with torch.no_grad(), intervene(tiny, edits):  # and on a normal exit
+        tiny.model(**a)
     assert _hooks(tiny.model) == before
 
 
