@@ -3,6 +3,7 @@
     edits          what an edit changes: ``zero``, ``mean``, ``patch``, ``knock_out``; ``record`` a source run
     select         cells, patches, positions, heads and rows -> masks in the model's own order
     interventions  ``intervene(model, edits)``: the context manager that applies them
+    attention_mask attention knockout as an edit of the attention mask
     batches        toy questions and their counterfactual pictures as batches; rows repeated, pictures seen once
     patching       activation patching over (residual site, image cell), and over prompt positions
     knockout       answer -> image attention blocked per decoder layer

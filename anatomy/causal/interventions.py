@@ -28,11 +28,11 @@ from torch import nn
 
 from anatomy.capture.sites import NONE, Site, resolve
 from anatomy.causal import select
+from anatomy.causal.attention_mask import checked, forbidden, mask_hook
 from anatomy.causal.edits import Edit, Knockout, Layout
-from anatomy.model import check_layers, decoder_layers, unwrap, vision_tower
+from anatomy.model import decoder_layers, unwrap, vision_tower
 
 HEAD_SITES = {"self_attn": "o_proj", "attn": "proj"}  # site leaf -> the projection whose input holds the heads
-KNOCKOUT_KERNELS = ("eager", "sdpa")
 
 
 @dataclass
@@ -60,7 +60,7 @@ def intervene(model, edits):
     bare = unwrap(model)
     edits = [edits] if isinstance(edits, (Edit, Knockout)) else list(edits)
     planned = [p for edit in edits if isinstance(edit, Edit) for p in _plan(bare, edit)]
-    knockouts = [_checked_knockout(bare, k) for k in edits if isinstance(k, Knockout)]
+    knockouts = [checked(bare, k) for k in edits if isinstance(k, Knockout)]
     unknown = [e for e in edits if not isinstance(e, (Edit, Knockout))]
     if unknown:
         raise TypeError(f"expected Edit or Knockout items (anatomy.causal.zero, patch, ...), got {unknown[0]!r}")
@@ -75,7 +75,7 @@ def intervene(model, edits):
         layers = decoder_layers(bare)
         for knock in knockouts:
             for layer in knock.layers:
-                hook = _knockout_hook(call, knock, bare.config)
+                hook = mask_hook(call, knock, bare.config)
                 handles.append(layers[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True))
         yield
     finally:
@@ -124,15 +124,6 @@ def _head_module(model: nn.Module, edit: Edit, site: Site) -> tuple[str, int]:
     return f"{site.module}.{HEAD_SITES[leaf]}", count
 
 
-def _checked_knockout(model: nn.Module, knock: Knockout) -> Knockout:
-    check_layers(model.config, list(knock.layers))
-    kernel = model.config.text_config._attn_implementation
-    if kernel not in KNOCKOUT_KERNELS:
-        raise ValueError(f"attention knockout edits the attention mask: it needs attn_implementation in "
-                         f"{KNOCKOUT_KERNELS}, this model uses {kernel!r}")
-    return knock
-
-
 def _by_module(planned: list[_Planned]) -> dict[str, list[_Planned]]:
     groups: dict[str, list[_Planned]] = {}
     for p in planned:
@@ -159,7 +150,7 @@ def _on_call(model: nn.Module, call: _Call, planned: list[_Planned], knockouts: 
             if p.site.order == NONE:
                 p.mask = _decoder_mask(p, call.layout, model.config)
         for knock in knockouts:
-            _forbidden(knock, call.layout, model.config)  # checks cells and positions now
+            forbidden(knock, call.layout, model.config)  # checks cells and positions now
 
     return prepare
 
@@ -193,18 +184,6 @@ def _decoder_mask(p: _Planned, layout: Layout, config) -> torch.Tensor:
         raise ValueError(f"patch source for {p.site.name!r} was recorded on a prompt of another layout "
                          f"({edit.source.layout.describe()}); this prompt: {layout.describe()}")
     return select.decoder_mask(layout, config, edit.cells, edit.positions, edit.rows)
-
-
-def _forbidden(knock: Knockout, layout: Layout, config) -> torch.Tensor:
-    """``(B, L, L)``: True where query row i may not attend to key j."""
-    queries = select.decoder_mask(layout, config, positions=knock.queries, rows=knock.rows)
-    if knock.keys == "image":
-        keys = (layout.input_ids == config.image_token_id) & select.decoder_mask(layout, config, rows=knock.rows)
-        if knock.cells is not None:
-            keys = select.decoder_mask(layout, config, cells=knock.cells, rows=knock.rows)
-    else:
-        keys = select.decoder_mask(layout, config, positions=knock.keys, rows=knock.rows)
-    return queries[:, :, None] & keys[:, None, :]
 
 
 def _values(p: _Planned, current: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
@@ -291,25 +270,3 @@ def _split_hooks(module: nn.Module, group: list[_Planned], call: _Call) -> _Hand
     inputs = [p for p in group if p.site.hook == "input" or p.heads]
     outputs = [p for p in group if not (p.site.hook == "input" or p.heads)]
     return _Handles([_hook(module, inputs, call), _hook(module, outputs, call)])
-
-
-def _knockout_hook(call: _Call, knock: Knockout, config):
-    """Pre-hook on ``self_attn``: add the knockout to its attention mask (prefill only)."""
-
-    def before(module, args, kwargs):
-        if not call.active:
-            return None
-        forbid = _forbidden(knock, call.layout, config)
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        forbid = forbid.to(hidden.device)[:, None]  # (B, 1, L, L)
-        if mask is None:  # sdpa without padding: causal only
-            length = hidden.shape[1]
-            mask = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()[None, None]
-        if mask.dtype == torch.bool:
-            mask = mask & ~forbid
-        else:
-            mask = mask.masked_fill(forbid, torch.finfo(mask.dtype).min)
-        return args, {**kwargs, "attention_mask": mask}
-
-    return before
