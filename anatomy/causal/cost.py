@@ -69,14 +69,17 @@ def decoder_flops(config, tokens: int) -> float:
 
 
 def sweep_cost(config, image_side: int = 448, text_tokens: int = 30, questions: int = 1,
-               peak_flops: float = H200_BF16_FLOPS, utilisation: float = 0.4) -> SweepCost:
-    """The cost of ``patching_sweep`` on ``questions`` questions about square pictures of ``image_side`` px."""
+               peak_flops: float = H200_BF16_FLOPS, utilisation: float = 0.4, vision_sites: int | None = None) -> SweepCost:
+    """The cost of ``patching_sweep`` on ``questions`` questions about square pictures of ``image_side`` px.
+
+    ``vision_sites``: how many vision blocks' outputs are patched (default: every block).
+    """
     v = config.vision_config
     side = image_side // v.patch_size
     patches, cells = side * side, side * side // v.spatial_merge_size**2
     tokens = cells + text_tokens
     layers = getattr(config, "text_config", config).num_hidden_layers
-    vision_rows = questions * v.depth * cells
+    vision_rows = questions * (v.depth if vision_sites is None else vision_sites) * cells
     decoder_rows = questions * (layers + 1) * (cells + 1)
     return SweepCost(patches, cells, tokens, vision_rows, decoder_rows, vision_flops(config, patches),
                      decoder_flops(config, tokens), peak_flops, utilisation)

@@ -168,3 +168,4 @@ def test_sweep_cost_counts_rows_from_the_config():
     plan = sweep_cost(config, image_side=448, text_tokens=30)
     assert (plan.patches, plan.image_tokens, plan.prompt_tokens) == (1024, 256, 286)
     assert plan.vision_rows == 32 * 256 and plan.decoder_rows == 29 * 257
+    assert sweep_cost(config, image_side=448, vision_sites=1, questions=3).vision_rows == 3 * 256
