@@ -255,7 +255,8 @@ def tokenizer_of(specimen):
     specimen = getattr(specimen, "processor", specimen)
     tokenizer = getattr(specimen, "tokenizer", specimen)
     if not hasattr(tokenizer, "added_tokens_decoder"):
-        raise TypeError(f"expected a Specimen, a processor or a tokenizer, got {type(specimen).__name__}: {specimen!r:.60}")
+        kind = type(specimen).__name__
+        raise TypeError(f"expected a Specimen, a processor or a tokenizer, got {kind}: {specimen!r:.60}")
     return tokenizer
 
 
@@ -264,5 +265,6 @@ def image_processor_of(specimen):
     specimen = getattr(specimen, "processor", specimen)
     image_processor = getattr(specimen, "image_processor", specimen)
     if not hasattr(image_processor, "get_number_of_image_patches"):
-        raise TypeError(f"expected a Specimen, a processor or a Qwen2-VL image processor, got {type(specimen).__name__}")
+        kind = type(specimen).__name__
+        raise TypeError(f"expected a Specimen, a processor or a Qwen2-VL image processor, got {kind}")
     return image_processor

@@ -107,7 +107,9 @@ class ResizePlan:
         """Refuse an image (PIL) that is not the H x W this plan was made for."""
         size = getattr(image, "size", None)
         if size != self.original[::-1]:
-            raise ValueError(f"image of size {size} (W x H) does not match the plan's original {self.original[::-1]} (W x H)")
+            raise ValueError(
+                f"image of size {size} (W x H) does not match the plan's original {self.original[::-1]} (W x H)"
+            )
 
 
 def check_size(height, width) -> None:
@@ -123,7 +125,9 @@ def check_size(height, width) -> None:
 
 def _check_bounds(min_pixels, max_pixels) -> None:
     if not (isinstance(min_pixels, int) and isinstance(max_pixels, int) and 0 < min_pixels <= max_pixels):
-        raise ValueError(f"need integers 0 < min_pixels <= max_pixels, got min_pixels={min_pixels!r}, max_pixels={max_pixels!r}")
+        raise ValueError(
+            f"need integers 0 < min_pixels <= max_pixels, got min_pixels={min_pixels!r}, max_pixels={max_pixels!r}"
+        )
 
 
 def resize_plan(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> ResizePlan:

@@ -1,4 +1,4 @@
-"""The package's import graph, read from the source with ast: lessons stand on the floor, and nothing imports in a circle.
+"""The package's import graph, read from the source with ast: lessons stand on the floor, no import circles.
 
 The floor is what every lesson may use: ``model``, ``processor``, ``inputs``, ``capture/`` and ``lab/``.
 The lessons (``overview/``, ``vision/``, ``decoder/``) import the floor only, never each other, except the

@@ -30,7 +30,8 @@ def test_navigation_finds_transformers_own_modules(tiny, size):
     specimen = tiny if size == "tiny" else anatomy.load(size)
     model = specimen.model  # transformers 5 lays them out like this (docs/FACTS.md, "Module tree")
     assert vision_tower(specimen) is model.model.visual and vision_blocks(specimen) is model.model.visual.blocks
-    assert decoder(specimen) is model.model.language_model and decoder_layers(model) is model.model.language_model.layers
+    assert decoder(specimen) is model.model.language_model
+    assert decoder_layers(model) is model.model.language_model.layers
     assert multimodal(specimen) is model.model and lm_head(specimen) is model.lm_head and head_path(model) == "lm_head"
     assert tower_paths(model) == {"vision": "model.visual", "decoder": "model.language_model"}
 

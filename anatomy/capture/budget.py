@@ -3,10 +3,11 @@
 Both recorders estimate the bytes they will materialise before any hook is set,
 and refuse with ``AttentionBudgetExceeded`` when the estimate is above ``budget_bytes``:
 
->>> check_budget(2_000, 1_000, "choose fewer heads")
-Traceback (most recent call last):
-    ...
-anatomy.capture.budget.AttentionBudgetExceeded: attention capture would materialise about 2,000 bytes (0.0 MiB), above budget_bytes=1,000; choose fewer heads
+>>> try:
+...     check_budget(2_000, 1_000, "choose fewer heads")
+... except AttentionBudgetExceeded as error:
+...     print(error)
+attention capture would materialise about 2,000 bytes (0.0 MiB), above budget_bytes=1,000; choose fewer heads
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ class ActivationCache:
         if not self.records[name]:
             raise KeyError(
                 f"site {name!r} was hooked but never ran"
-                + (" (a prompt without an image or video never calls the vision tower)" if name.startswith("vision") else "")
+                + (" (a prompt without an image or video never calls the vision tower)"
+                   if name.startswith("vision") else "")
             )
         return self.records[name]
 

@@ -121,7 +121,8 @@ def _decoder_sites(decoder: str, layers: int) -> list[Site]:
         sites += [Site(f"decoder.layers.{i}.input", layer, "input")]
         sites += [Site(f"decoder.layers.{i}.{leaf}", _join(layer, leaf)) for leaf in _ATTENTION_LEAVES]
         sites += [Site(f"decoder.layers.{i}.self_attn", _join(layer, "self_attn"), part=0)]
-        sites += [Site(f"decoder.layers.{i}.{leaf}", _join(layer, leaf)) for leaf in ("post_attention_layernorm", "mlp")]
+        sites += [Site(f"decoder.layers.{i}.{leaf}", _join(layer, leaf))
+                  for leaf in ("post_attention_layernorm", "mlp")]
         sites += [Site(f"decoder.layers.{i}.output", layer)]
     return sites + [Site("decoder.norm", _join(decoder, "norm"))]
 
@@ -157,9 +158,9 @@ def resolve(model: nn.Module, names: str | list[str]) -> list[Site]:
     Raises ValueError naming the closest valid names for an unknown name, and
     the valid range for a layer index out of range.
     """
-    names = [names] if isinstance(names, str) else list(names)
-    if not names or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(f"sites must be a non-empty name or list of names, got {names!r}")
+    names = [names] if isinstance(names, str) else list(names) if isinstance(names, (list, tuple)) else names
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"sites must be a site name or a non-empty list of names ('*': every site), got {names!r}")
     model = unwrap(model)
     table = site_table(model)
     modules = [path for path, _ in model.named_modules() if path]
@@ -192,7 +193,8 @@ def _unknown_message(name: str, table: dict[str, Site], modules: list[str]) -> s
         prefix = "vision.blocks" if stack == "blocks" else "decoder.layers"
         count = sum(1 for key in table if re.fullmatch(rf"{prefix}\.\d+\.output", key))
         if int(index.group(2)) >= count:
-            return f"site {name!r}: index {index.group(2)} is out of range; this model has {count} {stack} (0-{count - 1})"
+            return (f"site {name!r}: index {index.group(2)} is out of range; "
+                    f"this model has {count} {stack} (0-{count - 1})")
     close = difflib.get_close_matches(name, list(table) + modules, n=5, cutoff=0.5)
     hint = f"closest valid names: {close}" if close else "see anatomy.capture.sites.site_table(model) for every name"
     return f"unknown site {name!r}; {hint}"

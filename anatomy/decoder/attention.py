@@ -258,7 +258,8 @@ def image_attention_figure(attention: AttentionRows, prompt, layer=None, head=No
     axis = figure.subplots()
     where = ", ".join(f"{name} {'mean' if value is None else value}"
                       for name, value in (("layer", layer), ("head", head), ("row", row)))
-    draw_over_image(axis, resized(prompt.image, prompt.grid_thw[0]), cells, f"attention on the image (sum {cells.sum():.3f})\n{where}")
+    title = f"attention on the image (sum {cells.sum():.3f})\n{where}"
+    draw_over_image(axis, resized(prompt.image, prompt.grid_thw[0]), cells, title)
     figure.colorbar(axis.images[-1], ax=axis, shrink=0.8, label="probability")
     return figure
 
@@ -283,7 +284,8 @@ def shares_figure(split: dict[str, torch.Tensor], layers: list[int]) -> Figure:
     bottom = np.zeros(len(layers))
     for name, colour in (("first", "tab:gray"), ("text", "tab:blue"), ("image", "tab:orange")):
         values = split[name].numpy()
-        axis.bar(np.arange(len(layers)), values, bottom=bottom, color=colour, label=f"{name} token{'s' if name != 'first' else ''}")
+        label = f"{name} token{'s' if name != 'first' else ''}"
+        axis.bar(np.arange(len(layers)), values, bottom=bottom, color=colour, label=label)
         bottom += values
     axis.set_xticks(np.arange(len(layers)), [str(layer) for layer in layers])
     axis.set(xlabel="decoder layer", ylabel="share of attention", ylim=(0, 1), title="where the attention goes")

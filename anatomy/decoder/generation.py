@@ -100,7 +100,8 @@ def _trace(specimen, prompt: int, sequence, positions, tops, attention) -> Trace
     image = _image_shares(specimen, sequence, attention) if attention is not None else None
     steps = [
         Step(token, decode(token),
-             position_ids=positions[j + 1] if j + 1 < len(positions) else _next_ids(specimen, prompt + j) if positions else None,
+             position_ids=(positions[j + 1] if j + 1 < len(positions) else _next_ids(specimen, prompt + j))
+             if positions else None,
              image_share=image[j] if image is not None else None,
              top=list(zip(decode(tops[j].indices.tolist()), tops[j].values.tolist())) if tops else None)
         for j, token in enumerate(new)

@@ -16,7 +16,7 @@ from PIL import Image
 
 
 def principal_rgb(grid: torch.Tensor) -> np.ndarray:
-    """The first 3 principal components of every cell's vector as colours: (rows, cols, D) -> (rows, cols, 3) in [0, 1]."""
+    """Each cell's first 3 principal components as colours in [0, 1]: (rows, cols, D) -> (rows, cols, 3)."""
     if grid.ndim != 3 or grid.shape[-1] < 3:
         raise ValueError(f"grid of shape {tuple(grid.shape)}; expected (rows, cols, D) with D >= 3")
     vectors = grid.reshape(-1, grid.shape[-1]).double()

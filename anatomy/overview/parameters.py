@@ -165,7 +165,7 @@ def compare_sizes(sizes=PUBLISHED_SIZES) -> Table:
     >>> print(compare_sizes(["3B", "7B"]))   # one column per size, one row per component, then the total
     """
     if isinstance(sizes, str) or not sizes or not all(s in PUBLISHED_SIZES for s in sizes):
-        raise ValueError(f"sizes={sizes!r}; expected a list of released sizes from {PUBLISHED_SIZES}, e.g. ['3B', '7B']")
+        raise ValueError(f"sizes={sizes!r}; expected a list of released sizes from {PUBLISHED_SIZES}, e.g. ['7B']")
     tables = [count_parameters(skeleton(size)) for size in sizes]
     rows = [[c, *(t.by_component()[c] for t in tables)] for c in COMPONENTS]
     rows.append(["total", *(t.total for t in tables)])

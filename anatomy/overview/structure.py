@@ -237,7 +237,7 @@ class SideBySide:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def side_by_side(left: str, right: str, titles: tuple[str, str] = ("transformers 4.49 (reference)", "today")) -> SideBySide:
+def side_by_side(left: str, right: str, titles: tuple[str, str] = ("transformers 4.49", "today")) -> SideBySide:
     """Align two ``print(model)`` texts line by line, ignoring indentation when matching.
 
     >>> side_by_side("A(\\n  (x): SiLU()\\n)", "A(\\n  (x): SiLUActivation()\\n)").rows[1]

@@ -145,7 +145,8 @@ def record_attention(specimen, prompt, blocks=None, heads=None, reduce: str = "m
     estimate = estimate_bytes(grid, vision_config, blocks, 1 if reduce == "mean" else len(heads))
     check_budget(estimate, budget_bytes, "choose fewer blocks or heads, or reduce='mean'")
     kinds = block_kinds(vision_config)
-    maps = VisionAttention({b: BlockAttention(b, kinds[b], heads, reduce) for b in blocks}, grid, vision_config, estimate)
+    chosen = {b: BlockAttention(b, kinds[b], heads, reduce) for b in blocks}
+    maps = VisionAttention(chosen, grid, vision_config, estimate)
     blocks_of = vision_blocks(model)
     handles = []
     try:
@@ -223,6 +224,7 @@ def window_matrix_figure(maps: VisionAttention, block: int, segment: int = 0, he
     axis = figure.subplots()
     shown = axis.imshow(matrix, cmap="viridis")
     what = "window" if attention.kind == "window" else "frame (full attention)"
-    axis.set(title=f"block {block}, {what} {segment}: {matrix.shape[0]} patches", xlabel="key patch", ylabel="query patch")
+    axis.set(title=f"block {block}, {what} {segment}: {matrix.shape[0]} patches",
+             xlabel="key patch", ylabel="query patch")
     figure.colorbar(shown, ax=axis, shrink=0.8)
     return figure

@@ -54,7 +54,9 @@ def normalise(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     (128/255 - 0.481) / 0.269 = 0.077 in red.
     """
     if pixels.dtype != torch.uint8 or pixels.ndim < 3 or pixels.shape[-3] != 3:
-        raise ValueError(f"pixels of shape {tuple(pixels.shape)} and dtype {pixels.dtype}; expected uint8 (..., 3, H, W)")
+        raise ValueError(
+            f"pixels of shape {tuple(pixels.shape)} and dtype {pixels.dtype}; expected uint8 (..., 3, H, W)"
+        )
     resized = tvF.resize(pixels, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
     mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
     return (resized.float() / 255 - mean) / std
@@ -108,7 +110,8 @@ def conv_as_linear(patch_embed: nn.Module) -> nn.Linear:
     conv = getattr(patch_embed, "proj", patch_embed)
     if not isinstance(conv, nn.Conv3d) or conv.kernel_size != conv.stride:
         raise TypeError(f"expected the vision patch_embed (a Conv3d with kernel = stride), got {type(conv).__name__}")
-    linear = nn.Linear(ROW_VALUES, conv.out_channels, bias=conv.bias is not None, dtype=conv.weight.dtype, device=conv.weight.device)
+    linear = nn.Linear(ROW_VALUES, conv.out_channels, bias=conv.bias is not None,
+                       dtype=conv.weight.dtype, device=conv.weight.device)
     with torch.no_grad():
         linear.weight.copy_(conv.weight.reshape(conv.out_channels, ROW_VALUES))  # (hidden, 1176)
         if conv.bias is not None:

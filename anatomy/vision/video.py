@@ -184,5 +184,6 @@ def temporal_patch_figure(clip: Clip, plan: VideoPlan) -> Figure:
         axis.set_axis_off()
     for t in range(grid_t):
         axes[0, t].text(0.5, 1.25, f"temporal patch {t}", transform=axes[0, t].transAxes, ha="center", weight="bold")
-    figure.suptitle(f"{len(plan.frame_indices)} of {clip.num_frames} frames; {plan.second_per_grid_t:g} s per temporal patch")
+    shown = f"{len(plan.frame_indices)} of {clip.num_frames} frames"
+    figure.suptitle(f"{shown}; {plan.second_per_grid_t:g} s per temporal patch")
     return figure

@@ -70,7 +70,8 @@ def windows(grid_thw, vision_config) -> Windows:
     shape = (t, rows, cols)
     merged = (np.arange(rows)[:, None] // merge) * (cols // merge) + np.arange(cols)[None, :] // merge
     merged = merged[None] + (np.arange(t) * (rows // merge) * (cols // merge))[:, None, None]
-    return Windows(window.reshape(shape), window_order.reshape(shape), merged, _boxes(window.reshape(shape)[0]), lengths)
+    window = window.reshape(shape)
+    return Windows(window, window_order.reshape(shape), merged, _boxes(window[0]), lengths)
 
 
 def _boxes(window: np.ndarray) -> np.ndarray:

@@ -86,4 +86,5 @@ def test_frequency_axes_follow_mrope_section(tiny):
 def test_position_table_rows(tiny, batch):
     table = position_table(tiny, batch)
     assert len(table) == batch["input_ids"].shape[1]
-    assert table[0]["kind"] == "text" and sum(row["kind"] == "image" for row in table) == int(batch["image_grid_thw"].prod()) // 4
+    assert table[0]["kind"] == "text"
+    assert sum(row["kind"] == "image" for row in table) == int(batch["image_grid_thw"].prod()) // 4

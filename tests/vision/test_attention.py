@@ -37,7 +37,8 @@ def eager_probabilities(batch, monkeypatch):
 
 
 def test_equal_to_eager_for_window_and_full_blocks(tiny, edge_batch, monkeypatch):
-    assert tiny.config._attn_implementation == "sdpa" and block_kinds(tiny.config.vision_config)[:2] == ["window", "full"]
+    assert tiny.config._attn_implementation == "sdpa"
+    assert block_kinds(tiny.config.vision_config)[:2] == ["window", "full"]
     reference = eager_probabilities(edge_batch, monkeypatch)
     every = vision_attention(tiny, edge_batch, blocks=[0, 1], heads=None, reduce="none")
     mean = vision_attention(tiny, edge_batch, blocks=[0, 1], reduce="mean")

@@ -46,7 +46,8 @@ def test_patchify_equals_transformers_patchify_exactly(processor):
 @pytest.mark.parametrize("frames", [4, 3])
 def test_patchify_of_frames_equals_the_video_processor(processor, frames):
     video = torch.randn(1, frames, 3, 56, 28)
-    expected, grid_t, _, _ = processor.video_processor.patchify(video, patch_size=14, merge_size=2, temporal_patch_size=2)
+    patchify_like_transformers = processor.video_processor.patchify
+    expected, grid_t, _, _ = patchify_like_transformers(video, patch_size=14, merge_size=2, temporal_patch_size=2)
     assert torch.equal(patchify(video[0]), expected[0])
     assert grid_t == (frames + 1) // 2
 

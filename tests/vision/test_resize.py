@@ -31,7 +31,8 @@ def _picture(height, width):
 def test_plan_matches_the_processor(processors, height, width, max_pixels):
     processor = processors[max_pixels]
     plan = resize_plan(height, width, max_pixels=max_pixels)
-    batch = processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[_picture(height, width)], return_tensors="pt")
+    text = "<|vision_start|><|image_pad|><|vision_end|>"
+    batch = processor(text=text, images=[_picture(height, width)], return_tensors="pt")
     assert batch["image_grid_thw"].tolist() == [[1, *plan.patch_grid]]
     assert batch["pixel_values"].shape == (plan.patches, 1176)
     assert int((batch["input_ids"] == IMAGE_PAD).sum()) == plan.tokens
@@ -99,7 +100,8 @@ def test_grid_figure_draws_every_patch_and_token_line_over_the_resized_image(pic
     axis = grid_figure(picture).axes[0]
     (height, width), (rows, cols) = plan.resized, plan.patch_grid
     assert axis.images[0].get_array().shape[:2] == (height, width)
-    vertical_patch, horizontal_patch, vertical_token, horizontal_token = (len(c.get_segments()) for c in axis.collections)
+    lines = [len(collection.get_segments()) for collection in axis.collections]
+    vertical_patch, horizontal_patch, vertical_token, horizontal_token = lines
     assert (vertical_patch, horizontal_patch) == (cols + 1, rows + 1)  # a line at every 14 px, both edges included
     assert (vertical_token, horizontal_token) == (plan.token_grid[1] + 1, plan.token_grid[0] + 1)
     with pytest.raises(ValueError, match="does not match"):

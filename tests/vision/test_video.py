@@ -29,18 +29,23 @@ def test_plan_matches_the_processor(tiny, frames, fps, height, width, sample_fps
     torch.testing.assert_close(rows, batch["pixel_values_videos"], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("frames, fps, sample_fps", [(20, 10.0, 2.0), (9, 10.0, 2.0), (301, 29.97, 2.0), (30000, 30.0, 2.0), (50, 25.0, 1.0), (3, 10.0, 2.0)])
+@pytest.mark.parametrize("frames, fps, sample_fps", [
+    (20, 10.0, 2.0), (9, 10.0, 2.0), (301, 29.97, 2.0), (30000, 30.0, 2.0), (50, 25.0, 1.0), (3, 10.0, 2.0),
+])
 def test_frame_count_matches_qwen_vl_utils(frames, fps, sample_fps):
     expected = qwen_vl_utils.smart_nframes({"fps": sample_fps}, total_frames=frames, video_fps=fps)
     assert sampled_frame_count(frames, fps, sample_fps) == expected
 
 
-@pytest.mark.parametrize("frames, fps, height, width", [(20, 10.0, 112, 140), (60, 30.0, 1080, 1920), (3000, 30.0, 480, 640), (40, 2.0, 5, 1000)])
+@pytest.mark.parametrize("frames, fps, height, width", [
+    (20, 10.0, 112, 140), (60, 30.0, 1080, 1920), (3000, 30.0, 480, 640), (40, 2.0, 5, 1000),
+])
 def test_frame_size_matches_qwen_vl_utils(frames, fps, height, width):
     n = qwen_vl_utils.smart_nframes({"fps": qwen_vl_utils.FPS}, total_frames=frames, video_fps=fps)
     min_pixels = qwen_vl_utils.VIDEO_MIN_TOKEN_NUM * 28 * 28
     budget = qwen_vl_utils.MODEL_SEQ_LEN * 28 * 28 * 0.9
-    max_pixels = max(min(qwen_vl_utils.VIDEO_MAX_TOKEN_NUM * 28 * 28, budget / n * qwen_vl_utils.FRAME_FACTOR), int(min_pixels * 1.05))
+    per_frame = budget / n * qwen_vl_utils.FRAME_FACTOR
+    max_pixels = max(min(qwen_vl_utils.VIDEO_MAX_TOKEN_NUM * 28 * 28, per_frame), int(min_pixels * 1.05))
     expected = qwen_vl_utils.smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
     assert video_plan(frames, fps, height, width).resized == expected
 
