@@ -58,7 +58,8 @@ html: toy
 
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
-	              benchmarks/attention_memory.py benchmarks/toy_training.py; do $(PY) $$script || exit 1; done
+	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py; do \
+	    $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
