@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv toy lab test unit notebooks bench clean
+.PHONY: venv toy lab test unit notebooks chromium browser html bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ toy: $(STAMP)
 lab: toy
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
-test: unit notebooks
+test: unit notebooks browser
 
 # The modules whose docstring examples need no model run as doctests.
 DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py anatomy/capture/budget.py anatomy/lab \
@@ -34,15 +34,32 @@ DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py ana
              anatomy/vision/rotary.py anatomy/decoder/gqa.py anatomy/toy/example.py
 
 unit: toy
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/browser
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 
 notebooks: toy
 	$(PY) -m pytest -q --nbval-lax notebooks
 
+# The browser test drives JupyterLab in Debian's headless Chromium (never a downloaded browser);
+# CI runs as root, so the packages are installed here when missing.
+chromium:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	    (apt-get update && apt-get install -y chromium chromium-driver)
+
+browser: toy chromium
+	$(PY) -m pytest -q tests/browser
+
+# Every notebook executed (papermill) and rendered (nbconvert) to $(OUT)/index.html, for a teacher to
+# browse before class; the executed copies stay in $(OUT)/executed. On another model source:
+# `HF_HUB_OFFLINE=0 make html SOURCE=Qwen/Qwen2.5-VL-7B-Instruct DEVICE=cuda OUT=site-7b`.
+OUT ?= site
+html: toy
+	$(PY) -m anatomy.lab.site --out $(OUT) $(if $(SOURCE),--source $(SOURCE)) $(if $(DEVICE),--device $(DEVICE))
+
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
-	              benchmarks/attention_memory.py benchmarks/toy_training.py; do $(PY) $$script || exit 1; done
+	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py; do \
+	    $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -189,11 +189,7 @@ def token_texts(tokenizer, ids) -> list[str]:
     >>> token_texts(offline_tokenizer(), [13, 2518, 198])
     ['.', ' red', '\\n']
     """
-    texts = []
-    for i in (int(i) for i in ids):
-        text = tokenizer.decode([i])
-        texts.append(tokenizer.convert_ids_to_tokens(i) if "\ufffd" in text else text)
-    return texts
+    return [token_text(tokenizer, int(i)) for i in ids]
 
 
 def one_line(text: str) -> str:
@@ -246,3 +242,10 @@ def offline_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
         video_processor=videos,
         chat_template=chat_template(),
     )
+
+
+def token_text(tokenizer, i: int) -> str:
+    """The token's text, for people (``' red'``, not the byte-level ``'Ġred'``); a piece of a multi-byte
+    character, which decodes to nothing readable, shows as its byte-level form (``Ã¤``)."""
+    text = tokenizer.decode([i])
+    return tokenizer.convert_ids_to_tokens(i) if "\ufffd" in text else text

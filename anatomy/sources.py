@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from anatomy.model import ATTENTION_KERNELS, PUBLISHED_SIZES, TINY, TOY, Specimen, skeleton, tiny
 from anatomy import toy
+from anatomy.model import ATTENTION_KERNELS, PUBLISHED_SIZES, TINY, TOY, Specimen, skeleton, tiny
 
 
 def load(

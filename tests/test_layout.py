@@ -17,7 +17,10 @@ ROOT = Path(anatomy.__file__).parent
 FLOOR_MODULES = {"anatomy.model", "anatomy.processor", "anatomy.inputs"}
 FLOOR_PACKAGES = ("anatomy.capture", "anatomy.lab")
 LESSON_PACKAGES = ("anatomy.overview", "anatomy.vision", "anatomy.decoder")
-WITHIN_A_STAGE = {"anatomy.decoder.generation": {"anatomy.decoder.attention"}}  # generation traces attention rows
+WITHIN_A_STAGE = {
+    "anatomy.decoder.generation": {"anatomy.decoder.attention"},  # generation traces attention rows
+    "anatomy.vision.attention": {"anatomy.vision.windows"},  # the patch picker outlines the patch's window
+}
 
 
 def module_name(path: Path) -> str:

@@ -32,7 +32,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from anatomy.capture.budget import FLOAT_BYTES, check_budget, check_reduce
 from anatomy.inputs import resized
 from anatomy.lab.figures import draw_cells, draw_picture, outline_cells
-from anatomy.lab.widgets import Explorer
+from anatomy.lab.widgets import LiveFigure, dropdowns
 from anatomy.model import IMAGE, TEXT, check_heads, check_layers, decoder_layers
 
 
@@ -251,16 +251,19 @@ def _known(value, captured: list, what: str):
     return value
 
 
-def image_attention_figure(attention: AttentionRows, prompt, layer=None, head=None, row=None) -> Figure:
+def image_attention_figure(attention: AttentionRows, prompt, layer=None, head=None, row=None,
+                           row_label: str | None = None) -> Figure:
     """The picture, its cells holding half the attention outlined, beside the attention map on its merged grid.
 
-    ``layer``/``head``/``row`` pick what is drawn (None: averaged). The picture keeps its colours.
+    ``layer``/``head``/``row`` pick what is drawn (None: averaged); ``row_label`` names the chosen row in the title
+    (a decoded token), by default its index. The picture keeps its colours.
     """
     cells = image_map(attention, prompt, layer, head, row)
     figure = Figure(figsize=(8.4, 4.0), layout="constrained")
     left, right = figure.subplots(1, 2)
+    shown_row = row if row_label is None or row is None else repr(row_label)
     where = ", ".join(f"{name} {'mean' if value is None else value}"
-                      for name, value in (("layer", layer), ("head", head), ("row", row)))
+                      for name, value in (("layer", layer), ("head", head), ("token", shown_row)))
     picture = resized(prompt.image, prompt.grid_thw[0])
     draw_picture(left, picture, "the picture; outlined: cells holding\nhalf of this attention")
     outline_cells(left, cells, picture.height / cells.shape[0])
@@ -316,15 +319,25 @@ def shares_figure(split: dict[str, torch.Tensor], layers: list[int]) -> Figure:
     return figure
 
 
-def explorer(attention: AttentionRows, prompt, labels: list[str] | None = None) -> Explorer:
-    """Layer, head and query-row controls over ``image_attention_figure`` (display it as a cell's last value).
+def explorer(attention: AttentionRows, prompt, labels: list[str] | None = None) -> LiveFigure:
+    """Layer, head and answer-token dropdowns over ``image_attention_figure`` (display it as a cell's last value).
 
-    >>> explorer(trace.attention, prompt, labels=["'The'", "' house'"])
+    ``labels`` name the captured rows (decoded answer tokens, ``Step.text``); by default their positions.
+
+    >>> explorer(trace.attention, prompt, labels=[step.text for step in trace.steps])  # doctest: +SKIP
     """
+    rows = attention.probs.shape[2]
     labels = labels or [f"position {int(p)}" for p in attention.positions]
+    if len(labels) != rows:
+        raise ValueError(f"{len(labels)} labels for {rows} captured rows; expected one label per row")
     choices = {
         "layer": [(str(layer), layer) for layer in attention.layers],
         "head": [(str(head), head) for head in attention.heads if head != "mean"],
-        "token": list(zip(labels, range(attention.probs.shape[2]))),
+        "token": [(repr(label), i) for i, label in enumerate(labels)],
     }
-    return Explorer(lambda layer, head, token: image_attention_figure(attention, prompt, layer, head, token), choices)
+
+    def draw(layer, head, token):
+        return image_attention_figure(attention, prompt, layer, head, token,
+                                      row_label=None if token is None else labels[token])
+
+    return dropdowns(draw, choices)

@@ -10,13 +10,17 @@ and ``lm_head`` to the residual stream after layer i shows what the model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from anatomy.capture.hooks import run
-from anatomy.model import decoder, decoder_layers, lm_head
 from anatomy.lab.figures import drawable
+from anatomy.lab.widgets import LiveFigure
+from anatomy.model import decoder, decoder_layers, lm_head
 from anatomy.processor import one_line, token_texts
 
 
@@ -74,3 +78,72 @@ def lens_figure(lens, labels: list[str]) -> Figure:
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")
     figure.colorbar(shown, ax=axis, label="probability")
     return figure
+
+
+@dataclass
+class LensSteps:
+    """The logit lens through generation: for new token j, the row that chose it, read after every layer.
+
+    Attributes:
+        tokens: the new tokens, decoded, (steps,).
+        lens: top (token, probability) pairs, ``[step][layer][rank]``.
+    """
+
+    tokens: list[str]
+    lens: list[list[list[tuple[str, float]]]]
+
+
+def lens_steps(specimen, batch, max_new_tokens: int = 4, top_k: int = 3) -> LensSteps:
+    """Greedy generation, then the lens of every row that chose a new token (prompt's last row, then each new one).
+
+    The rows are read in one forward pass over prompt + new tokens: the same rows ``generate`` computed
+    one call at a time with its KV cache.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}; expected at least 1")
+    with torch.no_grad():
+        sequence = specimen.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)  # (1, prompt + n)
+    prompt = batch["input_ids"].shape[1]
+    whole = {**batch, "input_ids": sequence, "attention_mask": torch.ones_like(sequence)}
+    if "mm_token_type_ids" in batch:  # (1, seq): 0 for text, so the new tokens add zeros
+        added = sequence.shape[1] - prompt
+        whole["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, added))
+    table = logit_lens(specimen, whole, list(range(prompt - 1, sequence.shape[1] - 1)), top_k)  # [layer][step][rank]
+    steps = [[layer[j] for layer in table] for j in range(sequence.shape[1] - prompt)]
+    return LensSteps(token_texts(specimen.processor.tokenizer, sequence[0, prompt:]), steps)
+
+
+def steps_figure(steps: LensSteps, step: int) -> Figure:
+    """Layer x step grid of the top token (text) and its probability (colour), up to ``step`` (outlined)."""
+    if not 0 <= step < len(steps.tokens):
+        raise ValueError(f"step={step}; expected 0 to {len(steps.tokens) - 1}")
+    layers = len(steps.lens[0])
+    probs = np.full((layers, len(steps.tokens)), np.nan)
+    probs[:, : step + 1] = [[steps.lens[j][layer][0][1] for j in range(step + 1)] for layer in range(layers)]
+    figure = Figure(figsize=(2 + 1.5 * len(steps.tokens), 1.6 + 0.45 * layers), layout="constrained")
+    axis = figure.subplots()
+    shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0, vmax=1)
+    for j in range(step + 1):
+        for layer in range(layers):
+            token, value = steps.lens[j][layer][0]
+            axis.text(j, layer, repr(token)[:12], ha="center", va="center", fontsize=8,
+                      color="white" if value > 0.5 else "black")
+    axis.add_patch(Rectangle((step - 0.5, -0.5), 1, layers, fill=False, ec="tab:red", lw=2))
+    axis.set_xticks(np.arange(len(steps.tokens)), [f"{j}: {t!r}"[:14] if j <= step else str(j)
+                                                   for j, t in enumerate(steps.tokens)], rotation=20)
+    axis.set_yticks(np.arange(layers))
+    said = "".join(steps.tokens[: step + 1])
+    axis.set(xlabel="generation step: the token it chose", ylabel="decoder layer",
+             title=f"logit lens, step {step}: the top token after each layer\ngenerated so far: {said!r}")
+    figure.colorbar(shown, ax=axis, label="probability of the top token")
+    return figure
+
+
+def lens_stepper(steps: LensSteps, start: int = 0) -> LiveFigure:
+    """A slider over generation steps: the lens of the row that chose each new token (``steps_figure``)."""
+    import ipywidgets as widgets
+
+    if not 0 <= start < len(steps.tokens):
+        raise ValueError(f"start={start}; expected 0 to {len(steps.tokens) - 1}")
+    slider = widgets.IntSlider(value=start, min=0, max=len(steps.tokens) - 1, description="step")
+    return LiveFigure(lambda step: steps_figure(steps, step), {"step": slider})

@@ -10,7 +10,7 @@ at 2 tokens/s one id is half a second). The ids come from transformers' own
 
 >>> ids, deltas = rope_index(specimen, encode(specimen, demo_image()))
 >>> ids.shape, deltas       # (3, batch, seq); deltas = max id + 1 - seq, used during generation
-(torch.Size([3, 1, 221]), tensor([[-148]]))
+(torch.Size([3, 1, 221]), tensor([[-176]]))
 """
 
 from __future__ import annotations

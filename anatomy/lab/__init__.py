@@ -1,1 +1,2 @@
-"""What the notebooks use around the lessons: tables, the widget explorer, exercise checks, figure helpers."""
+"""What the notebooks use around the lessons: tables, the live figures, exercise checks, figure helpers, and the
+notebooks' static site (``python -m anatomy.lab.site``)."""

@@ -24,7 +24,7 @@ import torch
 
 from anatomy.lab.tables import Table
 from anatomy.model import image_processor_of, tokenizer_of
-from anatomy.processor import check_size, resize_plan
+from anatomy.processor import check_size, resize_plan, token_text
 
 ROLES = {  # what each added token is for
     "<|endoftext|>": "end of a document in pre-training; the pad token",
@@ -89,7 +89,7 @@ def token_runs(specimen, tokens) -> list[TokenRun]:
         if runs and runs[-1].id == i and i in special:
             runs[-1] = TokenRun(i, runs[-1].text, runs[-1].count + 1, True)
         else:
-            runs.append(TokenRun(i, _text(tokenizer, i), 1, i in special))
+            runs.append(TokenRun(i, token_text(tokenizer, i), 1, i in special))
     return runs
 
 
@@ -104,12 +104,6 @@ def _ids(tokenizer, tokens) -> list[int]:
         expected = f"expected text, or ids in [0, {len(tokenizer)}) as a list or a 1-row tensor"
         raise ValueError(f"tokens={tokens!r:.80}; {expected}")
     return ids
-
-
-def _text(tokenizer, i: int) -> str:
-    """The token's text; a piece of a multi-byte character shows as its byte-level form (``Ã¤``)."""
-    text = tokenizer.decode([i])
-    return tokenizer.convert_ids_to_tokens(i) if "\ufffd" in text else text
 
 
 PALETTE = ("#dbeafe", "#fde68a", "#bbf7d0", "#fbcfe8")  # ordinary tokens cycle through these

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from anatomy.model import ATTENTION_KERNELS, Specimen
 from anatomy.processor import offline_processor
@@ -38,10 +40,24 @@ def load_toy(
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be an anatomy.toy.Recipe, got {type(recipe).__name__}")
     directory = ensure_trained(recipe, retrain=retrain, progress=progress)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        directory, dtype=dtype, attn_implementation=attn_implementation
-    )
+    with _no_loading_bar():
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            directory, dtype=dtype, attn_implementation=attn_implementation
+        )
     return Specimen(model.to(device or "cpu").eval(), "toy", "toy")
+
+
+@contextlib.contextmanager
+def _no_loading_bar():
+    """No "Loading weights" bar for a load of a second: in Jupyter it is a widget, which a saved notebook
+    shows as "Error displaying widget: model not found" once its kernel is gone."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def untrained_toy(recipe: Recipe = Recipe()) -> Specimen:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens
 
@@ -33,7 +34,9 @@ from anatomy.capture.budget import FLOAT_BYTES, check_budget, check_reduce
 from anatomy.capture.orders import window_lengths, window_to_raster
 from anatomy.inputs import resized
 from anatomy.lab.figures import draw_cells, draw_picture, outline_cells
+from anatomy.lab.widgets import LiveFigure
 from anatomy.model import block_kinds, select, unwrap, vision_blocks
+from anatomy.vision.windows import PATCH, windows
 
 
 @dataclass
@@ -236,3 +239,46 @@ def window_matrix_figure(maps: VisionAttention, block: int, segment: int = 0, he
              xlabel="key patch", ylabel="query patch")
     figure.colorbar(shown, ax=axis, shrink=0.8)
     return figure
+
+
+def patch_picker_figure(maps: VisionAttention, prompt, window_block: int, full_block: int, row: int,
+                        col: int) -> Figure:
+    """One patch followed through the tower: the prompt's first image with the patch (cyan) and its window (red),
+    then where the patch looks in ``window_block`` and in ``full_block``, each on the patch grid beside it."""
+    grid = maps.grid_thw[0]
+    looks = {block: maps.patch_map(block, row, col) for block in (window_block, full_block)}  # checks row and col
+    parts = windows(grid, maps.vision_config)
+    window = int(parts.window[0, row, col])
+    x0, y0, x1, y1 = parts.boxes[window]
+    figure = Figure(figsize=(13, 4.2), layout="constrained")
+    picture, *heat = figure.subplots(1, 3)
+    picture.imshow(resized(prompt.image, grid))
+    picture.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2))
+    picture.add_patch(_patch_box(row, col))
+    picture.set(title=f"patch ({row}, {col}) in window {window}", xticks=[], yticks=[])
+    for axis, (block, probabilities) in zip(heat, looks.items()):
+        shown = axis.imshow(probabilities, cmap="magma", vmin=0)
+        axis.add_patch(Rectangle((x0 / PATCH - 0.5, y0 / PATCH - 0.5), (x1 - x0) / PATCH, (y1 - y0) / PATCH,
+                                 fill=False, ec="red", lw=1.5))
+        axis.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
+        heads = "head mean" if maps[block].heads == "mean" else f"head {maps[block].heads[0]}"
+        axis.set(title=f"block {block} ({maps[block].kind} attention, {heads})", xlabel="patch column",
+                 ylabel="patch row")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        figure.colorbar(shown, ax=axis, shrink=0.8, label="probability")
+    return figure
+
+
+def patch_picker(maps: VisionAttention, prompt, window_block: int, full_block: int, row: int = 0,
+                 col: int = 0) -> LiveFigure:
+    """Row and column sliders over the patch grid: ``patch_picker_figure`` of each patch (``maps`` must hold
+    both blocks)."""
+    import ipywidgets as widgets
+
+    _, rows, cols = (int(v) for v in maps.grid_thw[0])
+    controls = {
+        "row": widgets.IntSlider(value=row, min=0, max=rows - 1, description="patch row"),
+        "col": widgets.IntSlider(value=col, min=0, max=cols - 1, description="patch column"),
+    }
+    return LiveFigure(lambda row, col: patch_picker_figure(maps, prompt, window_block, full_block, row, col), controls)

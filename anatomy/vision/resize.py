@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from anatomy.inputs import resized
+from anatomy.inputs import demo_image, resized
 from anatomy.lab.figures import grid_lines
+from anatomy.lab.widgets import LiveFigure
 from anatomy.processor import FACTOR, MAX_PIXELS, MIN_PIXELS, PATCH_SIZE, ROW_VALUES, ResizePlan, resize_plan
 
 
@@ -97,3 +99,43 @@ def grid_figure(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: in
         f"{rows}x{cols} patches of 14 px (thin), {token_rows}x{token_cols} = {plan.tokens} tokens of 28 px (thick)"
     )
     return figure
+
+
+def budget_figure(height: int, width: int, max_pixels: int, min_pixels: int = MIN_PIXELS) -> Figure:
+    """What ``max_pixels`` does to an H x W image (the demo picture at that size): left, the resized picture with
+    its 28-px token grid; right, its memory (``token_budget``: released vision tower, 7B decoder, bf16)."""
+    plan = resize_plan(height, width, min_pixels, max_pixels)
+    budget = token_budget(plan)
+    new_h, new_w = plan.resized
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    picture, bars = figure.subplots(1, 2, width_ratios=(1.4, 1))
+    picture.imshow(resized(demo_image(height, width), plan), extent=(0, new_w, new_h, 0))
+    picture.vlines(np.arange(0, new_w + 1, FACTOR), 0, new_h, colors="black", linewidth=0.5, alpha=0.6)
+    picture.hlines(np.arange(0, new_h + 1, FACTOR), 0, new_w, colors="black", linewidth=0.5, alpha=0.6)
+    picture.set(xlim=(0, new_w), ylim=(new_h, 0), xlabel="x (px)", ylabel="y (px)",
+                title=f"max_pixels = {max_pixels // FACTOR**2}·28·28: {height}x{width} -> {new_h}x{new_w} px "
+                      f"(H x W)\n"
+                      f"{plan.token_grid[0]}x{plan.token_grid[1]} = {plan.tokens} tokens, {plan.patches} patches")
+    mib = {name.replace("_", " "): value / 2**20 for name, value in vars(budget).items()}
+    bars.barh(list(mib), list(mib.values()), color="tab:blue")
+    for y, value in enumerate(mib.values()):
+        bars.text(value, y, f" {value:,.1f} MiB", va="center", fontsize=8)
+    bars.set(xscale="log", xlim=(0.01, 1e5), xlabel="MiB (log scale)", title="memory of this one image")
+    bars.invert_yaxis()
+    return figure
+
+
+def budget_slider(height: int = 1080, width: int = 1920, budgets=(4, 16, 64, 256, 1024, 4096, 16384),
+                  start: int = 16384) -> LiveFigure:
+    """A slider over ``max_pixels`` = tokens x 28 x 28 for an H x W image: ``budget_figure`` of each choice."""
+    import ipywidgets as widgets
+
+    if start not in budgets:
+        raise ValueError(f"start={start} is not one of the budgets {budgets}")
+    if max(budgets) * FACTOR**2 > MAX_PIXELS:
+        raise ValueError(f"budgets up to {max(budgets)} tokens exceed the released max_pixels "
+                         f"({MAX_PIXELS // FACTOR**2} tokens)")
+    slider = widgets.SelectionSlider(options=[(f"{b} tokens", b * FACTOR**2) for b in budgets],
+                                     value=start * FACTOR**2, description="max_pixels",
+                                     style={"description_width": "initial"}, layout=widgets.Layout(width="480px"))
+    return LiveFigure(lambda max_pixels: budget_figure(height, width, max_pixels), {"max_pixels": slider})

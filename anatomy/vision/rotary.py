@@ -1,10 +1,12 @@
 """The vision tower's 2D rotary embedding: every patch is rotated by its row and its column.
 
 Each head has ``head_dim`` dimensions (80 in the released models: 1280 / 16).
-Rotary pairs dimension ``j`` with ``j + head_dim/2``, so there are
-``head_dim/2`` rotation angles per patch; the first quarter of the head turns
-with the patch's row, the second quarter with its column, at frequencies
-``theta ** (-2i / (head_dim/2))`` for ``i < head_dim/4`` (theta = 10000)::
+Rotary pairs dimension ``j`` with ``j + head_dim/2`` and turns each pair by one
+angle, so there are ``head_dim/2`` angles per patch: the first ``head_dim/4``
+follow the patch's row, the next ``head_dim/4`` its column, at frequencies
+``theta ** (-2i / (head_dim/2))`` for ``i < head_dim/4`` (theta = 10000). Each
+angle turns two dimensions, so the dimensions go row, column, row, column in
+four blocks: half of the head turns with the row, half with the column::
 
     angle[:, :hd/4] = row * inv_freq      angle[:, hd/4:hd/2] = col * inv_freq
     cos = cat(cos(angle), cos(angle))     # (patches, head_dim)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anatomy.decoder.logit_lens import lens_logits, logit_lens, residuals
+from anatomy.decoder.logit_lens import lens_logits, lens_steps, logit_lens, residuals, steps_figure
 
 
 def test_last_layer_lens_equals_the_models_logits(tiny, batch, reference):
@@ -22,11 +22,33 @@ def test_top_tokens_are_sorted_and_the_last_layer_matches_argmax(tiny, batch, re
     assert len(lens) == tiny.config.text_config.num_hidden_layers and len(lens[0][0]) == 3
     probabilities = [p for _, p in lens[-1][0]]
     assert probabilities == sorted(probabilities, reverse=True)
-    top = tiny.processor.tokenizer.convert_ids_to_tokens(int(reference.logits[0, -1].argmax()))
-    assert lens[-1][0][0][0] == top
+    top = tiny.processor.tokenizer.decode([int(reference.logits[0, -1].argmax())])
+    assert lens[-1][0][0][0] == top  # decoded for people, not the byte-level form
 
 
 def test_position_out_of_range_is_named(tiny, batch):
     seq = batch["input_ids"].shape[1]
     with pytest.raises(ValueError, match=f"position \\[{seq}\\] out of range; the prompt has {seq} tokens"):
         logit_lens(tiny, batch, positions=[seq])
+
+
+def test_lens_steps_read_the_rows_generate_chose_with(tiny, batch):
+    """Last layer of every step: top token and probability equal generate's own scores, step by step."""
+    steps = lens_steps(tiny, batch, max_new_tokens=3, top_k=2)
+    with torch.no_grad():
+        out = tiny.model.generate(**batch, max_new_tokens=3, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True)
+    chosen = out.sequences[0, batch["input_ids"].shape[1]:]
+    assert steps.tokens == [tiny.processor.tokenizer.decode([int(i)]) for i in chosen]
+    for step, scores in zip(steps.lens, out.scores):
+        probabilities = torch.softmax(scores[0].float(), dim=-1)
+        token, probability = step[-1][0]
+        assert token == tiny.processor.tokenizer.decode([int(probabilities.argmax())])
+        assert abs(probability - probabilities.max().item()) < 1e-5
+    assert len(steps.lens[0]) == tiny.config.text_config.num_hidden_layers
+
+
+def test_steps_figure_refuses_a_step_it_does_not_have(tiny, batch):
+    steps = lens_steps(tiny, batch, max_new_tokens=2)
+    with pytest.raises(ValueError, match="step=2; expected 0 to 1"):
+        steps_figure(steps, 2)

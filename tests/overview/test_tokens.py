@@ -16,7 +16,7 @@ from anatomy.overview.tokens import (
     token_html,
     token_runs,
 )
-from anatomy.processor import offline_processor
+from anatomy.processor import offline_processor, token_texts
 
 # The seed's added_tokens_decoder, id: (content, special). The seed's note lost the text of
 # 151657 and all of 151658 to HTML stripping; they are <tool_call> and </tool_call>.
@@ -140,3 +140,10 @@ def test_token_html_marks_special_tokens_and_folds_the_image(processor):
 def test_bad_input_fails_with_a_clear_message(processor, call, message):
     with pytest.raises((TypeError, ValueError), match=message):
         call(processor)
+
+
+def test_token_texts_are_decoded_for_people(tiny):
+    tokenizer = tiny.processor.tokenizer
+    ids = tokenizer(" red cross", add_special_tokens=False).input_ids
+    assert token_texts(tokenizer, ids) == [" red", " cross"]
+    assert tokenizer.convert_ids_to_tokens(ids)[0] == "Ġred"  # the byte-level form labels showed before

@@ -1,0 +1,20 @@
+"""Causal anatomy: edit what flows through Qwen2.5-VL and measure what the answer depends on (notebook 09).
+
+    edits          what an edit changes: ``zero``, ``mean``, ``patch``, ``knock_out``; ``record`` a source run
+    select         cells, patches, positions, heads and rows -> masks in the model's own order
+    interventions  ``intervene(model, edits)``: the context manager that applies them
+    attention_mask attention knockout as an edit of the attention mask
+    batches        toy questions and their counterfactual pictures as batches; rows repeated, pictures seen once
+    patching       activation patching over (residual site, image cell), and over prompt positions
+    knockout       answer -> image attention blocked per decoder layer
+    ablation       one decoder head zeroed at a time
+    probes         linear probes on every cell at every depth, against a random-init control
+    lens           the logit lens read on image tokens
+    agreement      attention against causal effect, cell by cell
+    cost           what a sweep costs, from a config (the 7B on a GPU)
+"""
+
+from anatomy.causal.edits import Edit, Knockout, Layout, Recording, knock_out, mean, patch, record, zero
+from anatomy.causal.interventions import intervene
+
+__all__ = ["Edit", "Knockout", "Layout", "Recording", "intervene", "knock_out", "mean", "patch", "record", "zero"]

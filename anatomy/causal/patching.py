@@ -1,0 +1,267 @@
+"""Activation patching over (site, image cell): which cell, at which depth, carries the answer.
+
+For each clean question a counterfactual picture changes its answer (``batches.counterfactual``).
+The clean run is repeated once per (site, cell); in each copy one cell's activation at one site
+is replaced by the counterfactual run's. The effect is how far that moves the answer's logit
+difference ``LD = logit(clean answer) - logit(counterfactual answer)`` toward the counterfactual:
+
+    effect = (LD_clean - LD_patched) / (LD_clean - LD_counterfactual)     0: no change, 1: fully flipped
+
+Sites run along the residual stream: every vision block's output (a cell = its 2x2 patches), then
+every decoder layer's input (layer 0's is the merger output) and the last layer's output. Besides
+the 16 cells, one more column patches the answer position itself (decoder sites only).
+
+>>> sweep = patching_sweep(spec, [sample(0, "test", i) for i in range(0, 24, 3)])
+>>> sweep.effects.shape              # (questions, sites, cells + 1)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from anatomy.causal.batches import (
+    answer_logits,
+    chunks,
+    counterfactual,
+    fast_vision,
+    image_tokens,
+    take,
+    toy_batch,
+    with_image_tokens,
+)
+from anatomy.causal.edits import patch, record
+from anatomy.model import decoder_layers, vision_blocks
+from anatomy.toy.shapes import GRID
+from anatomy.toy.task import Sample
+
+
+def residual_sites(spec) -> list[str]:
+    """The residual stream in data-flow order: vision block outputs, decoder layer inputs, last output."""
+    depth = len(vision_blocks(spec))
+    layers = len(decoder_layers(spec))
+    return ([f"vision.blocks.{i}.output" for i in range(depth)] + [f"decoder.layers.{i}.input" for i in range(layers)]
+            + [f"decoder.layers.{layers - 1}.output"])
+
+
+@dataclass
+class Sweep:
+    """Patching effects of a sweep.
+
+    Attributes:
+        effects: ``(questions, sites, 17)``: 16 cells in raster order, then the answer position
+            (NaN at vision sites).
+        sites: the site names, in data-flow order.
+        samples: the clean questions; ``counterfactuals`` the pictures patched from.
+        clean_ld, corrupted_ld: ``(questions,)`` logit differences of the two unpatched runs.
+        forward_passes: model calls the sweep made; seconds: its wall time.
+    """
+
+    effects: np.ndarray
+    sites: list[str]
+    samples: list[Sample]
+    counterfactuals: list[Sample]
+    clean_ld: np.ndarray
+    corrupted_ld: np.ndarray
+    forward_passes: int
+    seconds: float
+
+    def on(self, region: str) -> np.ndarray:
+        """``(questions, sites)``: mean effect on the ``"changed"`` cells (where the two pictures differ),
+        the ``"other"`` cells, or the ``"answer"`` position."""
+        if region == "answer":
+            return self.effects[:, :, -1]
+        masks = np.stack([changed_cells(s, c) for s, c in zip(self.samples, self.counterfactuals)])  # (Q, 16)
+        chosen = masks if region == "changed" else ~masks
+        cells = self.effects[:, :, :-1]
+        return (cells * chosen[:, None]).sum(-1) / chosen.sum(-1)[:, None]
+
+
+def changed_cells(clean: Sample, corrupted: Sample) -> np.ndarray:
+    """``(16,)`` bool, raster order: the cells whose content differs between the two pictures."""
+    def content(s: Sample) -> dict:
+        return {(t.row, t.col): (t.shape, t.colour) for t in s.scene.things}
+
+    a, b = content(clean), content(corrupted)
+    return np.array([a.get((r, c)) != b.get((r, c)) for r in range(GRID) for c in range(GRID)])
+
+
+def patching_sweep(spec, samples: list[Sample], sites: list[str] | None = None, batch_size: int = 512) -> Sweep:
+    """Patch every (site, cell) and the answer position from each counterfactual into its clean run, batched.
+
+    Rows of one forward pass are copies of clean questions, each with its own patch. Copies that
+    patch a decoder site reuse the clean pictures' image tokens (the vision tower runs once per
+    picture, not once per copy); every pass uses the toy's exact vision shortcuts (``fast_vision``).
+    """
+    start = time.perf_counter()
+    sites = sites or residual_sites(spec)
+    corrupted = [counterfactual(s) for s in samples]
+    clean_batch, bad_batch = toy_batch(spec, samples), toy_batch(spec, corrupted)
+    if clean_batch["input_ids"].shape != bad_batch["input_ids"].shape:
+        raise ValueError("clean and counterfactual prompts differ in length; ask the same questions")
+    columns = [("cell", (r, c)) for r in range(GRID) for c in range(GRID)] + [("answer", -1)]
+    variants = [(q, s, k) for q in range(len(samples)) for s in range(len(sites)) for k in range(len(columns))
+                if not (columns[k][0] == "answer" and sites[s].startswith("vision."))]
+    effects = np.full((len(samples), len(sites), len(columns)), np.nan)
+    clean_ids, bad_ids = clean_batch["labels"], bad_batch["labels"]
+    with fast_vision(spec.model):
+        source = record(spec, {k: v for k, v in bad_batch.items() if k != "labels"}, sites)
+        clean_ld = _ld(answer_logits(spec, clean_batch), clean_ids, bad_ids)
+        bad_ld = _ld(answer_logits(spec, bad_batch), clean_ids, bad_ids)
+        images = image_tokens(spec, clean_batch)
+        passes = 4  # the source recording, the two unpatched runs, the clean pictures' image tokens
+        for in_vision in (True, False):
+            group = [v for v in variants if sites[v[1]].startswith("vision.") == in_vision]
+            for part in chunks(len(group), batch_size):
+                chosen = [group[i] for i in part]
+                rows = [q for q, _, _ in chosen]
+                inputs = take(clean_batch, rows) if in_vision else with_image_tokens(clean_batch, images, rows)
+                edits = _edits(chosen, sites, columns, source.take(rows))
+                ld = _ld(answer_logits(spec, inputs, edits), clean_ids[rows], bad_ids[rows])
+                for (q, s, k), value in zip(chosen, ld):
+                    effects[q, s, k] = (clean_ld[q] - value) / (clean_ld[q] - bad_ld[q])
+                passes += 1
+    return Sweep(effects, sites, samples, corrupted, clean_ld, bad_ld, passes, time.perf_counter() - start)
+
+
+def _edits(chosen, sites, columns, source) -> list:
+    """One patch per (site, column) present in this chunk, on the rows that want it."""
+    rows: dict[tuple[int, int], list[int]] = {}
+    for row, (_, s, k) in enumerate(chosen):
+        rows.setdefault((s, k), []).append(row)
+    edits = []
+    for (s, k), where in rows.items():
+        kind, value = columns[k]
+        selection = {"cells": [value]} if kind == "cell" else {"positions": [value]}
+        edits.append(patch(sites[s], source, rows=where, **selection))
+    return edits
+
+
+def _ld(logits: torch.Tensor, good: torch.Tensor, bad: torch.Tensor) -> np.ndarray:
+    """``(B,)`` logit(good) - logit(bad)."""
+    rows = torch.arange(len(logits))
+    return (logits[rows, good.to(logits.device)] - logits[rows, bad.to(logits.device)]).cpu().numpy()
+
+
+def sweep_figure(sweep: Sweep, question: int = 0) -> Figure:
+    """One question: the picture, then a 4x4 heatmap of the effect per site; the answer column in the titles."""
+    sample, sites = sweep.samples[question], sweep.sites
+    figure = Figure(figsize=(2.0 * (len(sites) + 2), 2.6), layout="constrained")
+    axes = figure.subplots(1, len(sites) + 2)
+    for ax, s, title in ((axes[0], sample, f"clean: {sample.answer}"),
+                         (axes[1], sweep.counterfactuals[question], f"patched from: {sweep.counterfactuals[question].answer}")):
+        ax.imshow(s.scene.pixels())
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    for ax, name, effect in zip(axes[2:], sites, sweep.effects[question]):
+        shown = ax.imshow(effect[:-1].reshape(GRID, GRID), cmap="RdBu_r", vmin=-1, vmax=1)
+        answer = "" if np.isnan(effect[-1]) else f"\nanswer pos. {effect[-1]:+.2f}"
+        ax.set_title(f"{name.replace('decoder.layers.', 'dec ').replace('vision.blocks.', 'vis ')}{answer}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.colorbar(shown, ax=axes[-1], label="effect (1 = flipped)")
+    figure.suptitle(f"{sample.question!r}: patching one cell at one site", fontsize=9)
+    return figure
+
+
+def profile_figure(sweeps: dict[str, Sweep]) -> Figure:
+    """Per question type, mean effect along the residual stream: changed cells, other cells, answer position."""
+    figure = Figure(figsize=(4.2 * len(sweeps), 3.2), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(sweeps), sharey=True))
+    for ax, (kind, sweep) in zip(axes, sweeps.items()):
+        x = np.arange(len(sweep.sites))
+        for region, style in (("changed", "-o"), ("other", "-s")):
+            ax.plot(x, sweep.on(region).mean(0), style, label=f"{region} cells")
+        decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]
+        ax.plot(x[decoder], sweep.on("answer")[:, decoder].mean(0), "-^", label="answer position")
+        ax.set_xticks(x, [n.replace("decoder.layers.", "dec ").replace("vision.blocks.", "vis ") for n in sweep.sites],
+                      rotation=60, fontsize=7)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"{kind} questions ({len(sweep.samples)})", fontsize=9)
+    axes[0].set_ylabel("patching effect (1 = answer flipped)")
+    axes[0].legend(fontsize=7)
+    return figure
+
+
+
+def handoff(sweep: Sweep) -> dict[str, np.ndarray]:
+    """Per decoder layer i, mean over questions: the patching effect on the changed cells entering layer i
+    (``cell in``) and leaving it (``cell out``), and at the answer position entering and leaving it.
+
+    The layer that moves the answer from the cells to the answer position is the one where
+    ``answer out - answer in`` jumps (and ``cell in - cell out`` with it).
+    """
+    decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]  # inputs, then last output
+    cells, answer = sweep.on("changed")[:, decoder].mean(0), sweep.on("answer")[:, decoder].mean(0)
+    return {"cell in": cells[:-1], "cell out": cells[1:], "answer in": answer[:-1], "answer out": answer[1:]}
+
+
+@dataclass
+class PositionSweep:
+    """Patching effect of every prompt position at one decoder site: ``effects`` ``(questions, L)`` (NaN on
+    padding), ``tokens`` ``(questions, L)`` each position's decoded token (image tokens as ``img r,c``)."""
+
+    site: str
+    effects: np.ndarray
+    tokens: list[list[str]]
+    samples: list[Sample]
+
+
+def position_sweep(spec, samples: list[Sample], site: str, batch_size: int = 512) -> PositionSweep:
+    """Patch each prompt position of ``site`` (a decoder site) from each counterfactual into its clean run."""
+    corrupted = [counterfactual(s) for s in samples]
+    clean_batch, bad_batch = toy_batch(spec, samples), toy_batch(spec, corrupted)
+    clean_ids, bad_ids = clean_batch["labels"], bad_batch["labels"]
+    length = clean_batch["input_ids"].shape[1]
+    real = clean_batch["attention_mask"].bool().cpu().numpy()
+    variants = [(q, p) for q in range(len(samples)) for p in range(length) if real[q, p]]
+    effects = np.full((len(samples), length), np.nan)
+    with fast_vision(spec.model):
+        source = record(spec, {k: v for k, v in bad_batch.items() if k != "labels"}, site)
+        clean_ld = _ld(answer_logits(spec, clean_batch), clean_ids, bad_ids)
+        bad_ld = _ld(answer_logits(spec, bad_batch), clean_ids, bad_ids)
+        images = image_tokens(spec, clean_batch)
+        for part in chunks(len(variants), batch_size):
+            chosen = [variants[i] for i in part]
+            rows = [q for q, _ in chosen]
+            by_position: dict[int, list[int]] = {}
+            for row, (_, p) in enumerate(chosen):
+                by_position.setdefault(p, []).append(row)
+            taken = source.take(rows)
+            edits = [patch(site, taken, positions=[p], rows=where) for p, where in by_position.items()]
+            ld = _ld(answer_logits(spec, with_image_tokens(clean_batch, images, rows), edits), clean_ids[rows],
+                     bad_ids[rows])
+            for (q, p), value in zip(chosen, ld):
+                effects[q, p] = (clean_ld[q] - value) / (clean_ld[q] - bad_ld[q])
+    return PositionSweep(site, effects, _tokens(spec, clean_batch["input_ids"]), samples)
+
+
+def _tokens(spec, input_ids: torch.Tensor) -> list[list[str]]:
+    """Each position's token, decoded; image tokens named by their cell (raster order)."""
+    decode = spec.processor.tokenizer.decode
+    rows = []
+    for ids in input_ids.tolist():
+        cells = iter(range(GRID * GRID))
+        rows.append([f"img {divmod(next(cells), GRID)}" if i == spec.config.image_token_id else decode([i])
+                     for i in ids])
+    return rows
+
+
+def position_figure(sweep: PositionSweep, question: int = 0) -> Figure:
+    """One question's effect per prompt position (padding left out), each bar labelled with its token."""
+    keep = ~np.isnan(sweep.effects[question])
+    effects = sweep.effects[question][keep]
+    labels = [t for t, k in zip(sweep.tokens[question], keep) if k]
+    figure = Figure(figsize=(max(6.0, 0.22 * len(labels)), 3.0), layout="constrained")
+    axis = figure.subplots()
+    colours = ["tab:orange" if label.startswith("img") else "tab:blue" for label in labels]
+    axis.bar(np.arange(len(labels)), effects, color=colours)
+    axis.set_xticks(np.arange(len(labels)), [repr(label)[1:-1][:10] for label in labels], rotation=90, fontsize=6)
+    axis.set_ylabel("effect (1 = flipped)")
+    axis.set_title(f"{sweep.samples[question].question!r}: patching one position at {sweep.site} "
+                   f"(orange: image tokens)", fontsize=9)
+    return figure
