@@ -1,6 +1,6 @@
 """Where a model comes from: one entry point, ``load``, for every source.
 
->>> spec = load("toy")             # trained here on coloured shapes (~3 min once, then cached)
+>>> spec = load("toy")             # trained on coloured shapes, shipped in the package, ~1 s
 >>> spec = load("tiny")            # random, seeded, CPU, under a second
 >>> spec = load("7B")              # the released 7B layout on the meta device, no weights
 >>> spec = load("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda")   # real weights
@@ -38,7 +38,7 @@ class Specimen:
         model: the ``Qwen2_5_VLForConditionalGeneration``.
         processor: the ``Qwen2_5_VLProcessor`` (tokenizer, chat template, image and video processors).
         source: what was asked for: ``"toy"``, ``"tiny"``, ``"7B"``, a hub id or a directory.
-        kind: ``"toy"`` (trained here on the shapes task), ``"tiny"`` (random weights),
+        kind: ``"toy"`` (trained on the shapes task), ``"tiny"`` (random weights),
             ``"skeleton"`` (meta device, no weights), or ``"pretrained"`` (weights from a hub id or directory).
     """
 
@@ -94,12 +94,12 @@ def load(
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
     attn_implementation: str = "sdpa",
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Specimen:
     """Load a Qwen2.5-VL from any source.
 
     Args:
-        source: ``"toy"`` (the default: trained on the CPU on first use, then cached;
+        source: ``"toy"`` (the default: trained on coloured shapes, shipped in the package;
             see ``anatomy.toy``), ``"tiny"`` (random, seeded),
             ``"3B"``/``"7B"``/``"32B"``/``"72B"`` (skeletons on the meta device),
             or a hub id / local directory holding real weights.
@@ -109,24 +109,28 @@ def load(
         device_map: for real weights, an accelerate device map (``"auto"`` spreads
             the model over several GPUs); excludes ``device``.
         attn_implementation: attention kernel, one of ``ATTENTION_KERNELS``.
-        seed: seed of the random weights of ``"tiny"``; for ``"toy"``, of its initialisation and
-            training pictures (each seed is trained once and cached).
+        seed: a non-negative integer. For ``"tiny"``, the seed of its random weights (default 0); for
+            ``"toy"``, ``None`` (the default) is the shipped toy, an integer the toy retrained with that
+            seed by ``python -m anatomy toy train --seed N`` (loaded from the cache, never trained here).
     """
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"source must be a non-empty string, got {source!r}")
     if attn_implementation not in ATTENTION_KERNELS:
         raise ValueError(f"attn_implementation={attn_implementation!r}; expected one of {ATTENTION_KERNELS}")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}; expected a non-negative integer (or None)")
     if device is not None and device_map is not None:
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
     source = str(source)
     if source in PUBLISHED_SIZES:
         return _skeleton(source, attn_implementation)
     if source == TINY:
-        return _tiny(seed, _dtype(dtype, device), device, attn_implementation)
+        return _tiny(seed or 0, _dtype(dtype, device), device, attn_implementation)
     if source == TOY:
         from anatomy.toy import Recipe, load_toy  # the toy imports this module
 
-        return load_toy(_dtype(dtype, device), device, attn_implementation, recipe=Recipe(seed=seed))
+        recipe = None if seed is None else Recipe(seed=seed)
+        return load_toy(_dtype(dtype, device), device, attn_implementation, recipe=recipe)
     return _pretrained(source, dtype, device, device_map, attn_implementation)
 
 
