@@ -107,6 +107,7 @@ def contention() -> str:
         "| torch threads | rival process | steps/s | load avg |",
         "|---|---|---|---|",
     ]
+    rates = {}
     for rival in (False, True):
         for threads in (1, 2):
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if rival else None
@@ -120,6 +121,10 @@ def contention() -> str:
                     busy.kill()
                     busy.wait()
             lines.append(f"| {threads} | {'yes' if rival else 'no'} | {rate:.2f} | {load:.2f} |")
+            rates[threads, rival] = rate
+    best = max((1, 2), key=lambda threads: rates[threads, True])
+    lines += ["", f"Fastest beside the rival: {best} thread(s), {rates[best, True] / rates[3 - best, True]:.1f}x the "
+              f"other; `python -m anatomy toy train` uses `cli.TRAIN_THREADS` = {TRAIN_THREADS}."]
     return "\n".join(lines)
 
 

@@ -42,10 +42,17 @@ def main_toy(argv: list[str] | None = None) -> int:
             print(f"anatomy toy: {error}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as interrupt:
-            kept = cache_dir(recipe or Recipe())
-            state = f"the previous model is kept in {kept}" if kept.exists() else "nothing was written"
-            print(f"anatomy toy: {args.command} interrupted ({interrupt or 'SIGINT'}); {state}", file=sys.stderr)
+            print(f"anatomy toy: {args.command} interrupted ({interrupt or 'SIGINT'}){_kept(args, recipe)}",
+                  file=sys.stderr)  # fmt: skip
             return 130
+
+
+def _kept(args: argparse.Namespace, recipe: Recipe | None) -> str:
+    """What an interrupted command left: for ``train``/``ensure``, the previous model (if any), untouched."""
+    if args.command not in ("ensure", "train"):
+        return ""
+    kept = cache_dir(recipe or Recipe())
+    return f"; the previous model is kept in {kept}" if kept.exists() else "; nothing was written"
 
 
 def _run(args: argparse.Namespace, recipe: Recipe | None) -> int:

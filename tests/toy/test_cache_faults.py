@@ -174,7 +174,8 @@ SHORT = Recipe(scenes=2, warmup=1, check_every=5, check_samples=3, check_accurac
 
 @pytest.mark.parametrize("command", ["ensure", "train"])
 def test_concurrent_runs_train_once_and_the_others_load_it(cache, tmp_path, command):
-    script = (f"from anatomy.toy import Recipe; from anatomy.toy.load import ensure_trained; "
+    script = (f"import torch; torch.set_num_threads(1); from anatomy.toy import Recipe; "
+              f"from anatomy.toy.load import ensure_trained; "
               f"print(ensure_trained({SHORT!r}, retrain={command == 'train'}))")  # fmt: skip
     directory = cache_dir(SHORT)
     directory.parent.mkdir(parents=True)

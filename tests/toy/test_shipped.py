@@ -103,7 +103,8 @@ def test_one_and_two_threads_give_the_same_answers(toy):
 SMOKE = """
 from anatomy.toy import Recipe
 from anatomy.toy.load import ensure_trained
-import json
+import json, torch
+torch.set_num_threads(1)
 directory = ensure_trained(Recipe(scenes=4, warmup=5, check_every=10, check_samples=3, check_accuracy=1.0,
                                   max_steps=40), progress=False)
 print(json.dumps([entry["loss"] for entry in json.loads((directory / "curve.json").read_text())]))
