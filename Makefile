@@ -29,8 +29,14 @@ lab: $(STAMP)
 
 test: unit notebooks
 
+# The modules whose docstring examples need no model run as doctests.
+DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py anatomy/capture/budget.py anatomy/lab \
+             anatomy/vision/resize.py anatomy/vision/video.py anatomy/vision/patches.py anatomy/vision/windows.py \
+             anatomy/vision/rotary.py anatomy/decoder/gqa.py anatomy/toy/embedding.py
+
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 
 notebooks: $(STAMP)
 	$(PY) -m pytest -q --nbval-lax notebooks

@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     dissect.add_argument("image", help="path of the image to feed the model")
     dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
-    dissect.add_argument("--text", default=None, help="the question (default: the seed's)")
+    dissect.add_argument("--text", default=None, help="the question (default: the reference request's)")
     commands.add_parser(
         "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
     )
@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dissect":
         from anatomy.dissect import dissect
-        from anatomy.inputs import SEED_QUESTION
+        from anatomy.inputs import REFERENCE_QUESTION
 
         try:
-            print(dissect(args.image, args.model, args.out, args.text or SEED_QUESTION))
+            print(dissect(args.image, args.model, args.out, args.text or REFERENCE_QUESTION))
         except (ValueError, FileNotFoundError, TypeError) as error:
             print(f"anatomy dissect: {error}", file=sys.stderr)
             return 2

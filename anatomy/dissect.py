@@ -12,20 +12,26 @@ from pathlib import Path
 
 import torch
 
-from anatomy import figures
-from anatomy.activations import capture
-from anatomy.generation import answer_attention_figure
-from anatomy.inputs import SEED_QUESTION, encode, load_image
-from anatomy.merger import token_map_figure
-from anatomy.parameters import count_parameters
-from anatomy.patches import embedding_figure
-from anatomy.resize import grid_figure, resize_plan
+from anatomy.capture.hooks import capture
+from anatomy.decoder.generation import answer_attention_figure
+from anatomy.inputs import REFERENCE_QUESTION, encode, load_image
+from anatomy.model import block_kinds
+from anatomy.overview.parameters import count_parameters
+from anatomy.overview.residuals import residual_norms_figure
+from anatomy.processor import resize_plan
 from anatomy.sources import load
-from anatomy.vision_attention import patch_attention_figure, recording
-from anatomy.vision_rotary import rotary_figure
-from anatomy.windows import block_kinds, window_figure
+from anatomy.vision.attention import patch_attention_figure, record_attention
+from anatomy.vision.merger import token_map_figure
+from anatomy.vision.patches import embedding_figure
+from anatomy.vision.resize import grid_figure
+from anatomy.vision.rotary import rotary_figure
+from anatomy.vision.windows import window_figure
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+# Only what the report and the figures read: the whole "*" would hold every vision activation
+# (about 8 GB for a 1080p image on the 7B).
+SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
+         "decoder.layers.*.output")
 
 
 def token_counts(specimen, batch) -> dict[str, int]:
@@ -40,31 +46,31 @@ def token_counts(specimen, batch) -> dict[str, int]:
     }
 
 
-def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = SEED_QUESTION) -> str:
+def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = REFERENCE_QUESTION) -> str:
     """Run one captured forward pass; return the report, and save figures under ``out``."""
     specimen = load(source)
     if not specimen.has_weights:
         raise ValueError(f"model {source!r} is a skeleton without weights; dissect needs one that runs")
     picture = load_image(image)
-    batch = encode(specimen, picture, text)
-    grid = batch["image_grid_thw"]
+    prompt = encode(specimen, picture, text)
     full_block = block_kinds(specimen.config.vision_config).index("full")
-    with torch.no_grad(), capture(specimen, "*") as cache, recording(specimen, grid, full_block) as maps:
-        specimen.model(**batch)
-    drawn = vision_figures(specimen, picture, grid, cache, maps) | {
-        "residual_norms": figures.residual_norms(cache),
-        "answer_attention": answer_attention_figure(specimen, picture, batch),
+    recording = record_attention(specimen, prompt, [full_block])
+    with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
+        specimen.model(**prompt)
+    drawn = vision_figures(specimen, prompt, cache, maps) | {
+        "residual_norms": residual_norms_figure(cache),
+        "answer_attention": answer_attention_figure(specimen, prompt),
     }
-    lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, batch).items()]
+    lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:
         lines += ["", *save_figures(drawn, out)]
     return "\n".join(lines)
 
 
-def vision_figures(specimen, picture, grid, cache, maps) -> dict:
+def vision_figures(specimen, prompt, cache, maps) -> dict:
     """The image's path through the vision tower, one figure per stage."""
-    config = specimen.config.vision_config
+    config, picture, grid = specimen.config.vision_config, prompt.image, prompt.grid_thw
     processor = specimen.processor.image_processor
     plan = resize_plan(picture.height, picture.width, processor.size["shortest_edge"], processor.size["longest_edge"])
     rows, cols = plan.patch_grid
@@ -74,8 +80,8 @@ def vision_figures(specimen, picture, grid, cache, maps) -> dict:
         "patch_embeddings": embedding_figure(cache, picture, plan),
         "vision_rotary": rotary_figure(cache["vision.rotary.cos"], grid[0], config),
         "windows": window_figure(picture, grid[0], config),
-        f"vision_attention_block{block}": patch_attention_figure(maps, picture, block, rows // 2, cols // 2),
-        "merged_tokens": token_map_figure(cache["vision.merger.output"], picture, grid[0], "merger output: first 3 principal components"),
+        f"vision_attention_block{block}": patch_attention_figure(maps, prompt, block, rows // 2, cols // 2),
+        "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output, 3 principal axes"),
     }
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 from transformers import Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 ORDINARY_VOCAB = 151643
 ADDED_TOKENS = {  # id: (content, special), as the released tokenizer_config.json lists them
@@ -64,6 +67,83 @@ VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_FPS = 2.0
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+MAX_ASPECT_RATIO = 200  # smart_resize refuses anything longer and thinner
+FACTOR = PATCH_SIZE * MERGE_SIZE  # 28: the side of one merged token, in pixels
+ROW_VALUES = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176 values per pixel_values row
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """What the image processor does to an H x W image.
+
+    Attributes:
+        original: (H, W) in pixels.
+        resized: (H', W'), multiples of 28 with min_pixels <= H'W' <= max_pixels.
+        patch_grid: (H'/14, W'/14): rows and columns of 14-px patches.
+        token_grid: (H'/28, W'/28): rows and columns of merged tokens.
+    """
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    patch_grid: tuple[int, int]
+    token_grid: tuple[int, int]
+
+    @property
+    def patches(self) -> int:
+        """Rows of ``pixel_values``: one per 14-px patch."""
+        return self.patch_grid[0] * self.patch_grid[1]
+
+    @property
+    def tokens(self) -> int:
+        """``<|image_pad|>`` tokens the decoder sees: one per 28-px cell."""
+        return self.token_grid[0] * self.token_grid[1]
+
+    @property
+    def grid_thw(self) -> tuple[int, int, int]:
+        """The processor's ``image_grid_thw`` row for this image: (1, H'/14, W'/14)."""
+        return (1, *self.patch_grid)
+
+    def check(self, image) -> None:
+        """Refuse an image (PIL) that is not the H x W this plan was made for."""
+        size = getattr(image, "size", None)
+        if size != self.original[::-1]:
+            raise ValueError(
+                f"image of size {size} (W x H) does not match the plan's original {self.original[::-1]} (W x H)"
+            )
+
+
+def check_size(height, width) -> None:
+    """Refuse a size that is not two positive integers, or whose aspect ratio is above 200."""
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in (height, width)):
+        raise ValueError(f"image size height={height!r}, width={width!r}; expected two positive integers")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"image of {height} x {width} px (H x W) has aspect ratio {max(height, width) / min(height, width):.1f}; "
+            f"Qwen2.5-VL's smart_resize refuses an aspect ratio above {MAX_ASPECT_RATIO}"
+        )
+
+
+def _check_bounds(min_pixels, max_pixels) -> None:
+    if not (isinstance(min_pixels, int) and isinstance(max_pixels, int) and 0 < min_pixels <= max_pixels):
+        raise ValueError(
+            f"need integers 0 < min_pixels <= max_pixels, got min_pixels={min_pixels!r}, max_pixels={max_pixels!r}"
+        )
+
+
+def resize_plan(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> ResizePlan:
+    """Where an H x W image goes: transformers' ``smart_resize`` with factor 28, then the grids.
+
+    >>> resize_plan(20, 20).resized     # too small: scaled up until the area reaches 3136 = 56 x 56
+    (56, 56)
+    >>> resize_plan(1080, 1920, max_pixels=1280 * 28 * 28).tokens    # too big: scaled down to 728 x 1316 px
+    1222
+    """
+    check_size(height, width)
+    _check_bounds(min_pixels, max_pixels)
+    new_h, new_w = smart_resize(height, width, FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    patch_grid = (new_h // PATCH_SIZE, new_w // PATCH_SIZE)
+    token_grid = (new_h // FACTOR, new_w // FACTOR)
+    return ResizePlan((height, width), (new_h, new_w), patch_grid, token_grid)
 
 
 def chat_template() -> str:

@@ -33,7 +33,7 @@ def prompt(specimen):
     """The image prompt with the answer appended: (batch, answer positions)."""
     from anatomy.inputs import demo_image, encode
 
-    batch = encode(specimen, demo_image(1120, 728), "Describe the picture.")
+    batch = encode(specimen, demo_image(728, 1120), "Describe the picture.")
     answer = specimen.processor.tokenizer(ANSWER, return_tensors="pt")["input_ids"]
     seq = batch["input_ids"].shape[1]
     batch["input_ids"] = torch.cat([batch["input_ids"], answer], dim=1)
@@ -43,14 +43,14 @@ def prompt(specimen):
 
 
 def _kib(field: str) -> int:
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith(field))
     return int(line.split()[1]) * 1024
 
 
 def measure(mode: str) -> dict:
     """Run one mode in this process: peak bytes above the pre-forward RSS, attention bytes returned."""
     import anatomy
-    from anatomy.attention_maps import attention_rows
+    from anatomy.decoder.attention import attention_rows
 
     specimen = anatomy.load("tiny", attn_implementation="eager" if mode == "eager" else "sdpa")
     batch, rows = prompt(specimen)
@@ -86,19 +86,23 @@ def main() -> None:
     plain, rows, eager = (run(mode) for mode in ("plain", "rows", "eager"))
     extra_rows, extra_eager = max(rows["peak"] - plain["peak"], 0), eager["peak"] - plain["peak"]
     mib = 2**20
+    below = "extra of the rows capture below RSS resolution, counted as 1 byte"
     body = (
         f"Tiny model (4 layers, 4 heads), float32, CPU; prompt of {plain['seq']} tokens with {plain['image']} image "
         f"tokens and a {plain['rows']}-token answer; layer {LAYER}, mean over heads, the {plain['rows']} answer rows. "
         "Each mode in its own subprocess after a warm-up forward; peak = Linux VmHWM (reset via /proc/self/clear_refs) "
         "minus RSS before the forward; extra = peak minus the plain sdpa forward's peak.\n\n"
-        "| mode | peak above pre-forward RSS (MiB) | extra over plain forward (MiB) | attention tensors returned (bytes) |\n"
+        "| mode | peak above pre-forward RSS (MiB) | extra over plain forward (MiB) "
+        "| attention tensors returned (bytes) |\n"
         "|---|---|---|---|\n"
         f"| plain forward (sdpa) | {plain['peak'] / mib:.1f} | 0 | 0 |\n"
-        f"| attention_rows, 1 layer, head mean (sdpa) | {rows['peak'] / mib:.1f} | {extra_rows / mib:.2f} | {rows['held']:,} |\n"
-        f"| output_attentions=True (eager) | {eager['peak'] / mib:.1f} | {extra_eager / mib:.1f} | {eager['held']:,} |\n\n"
+        f"| attention_rows, 1 layer, head mean (sdpa) | {rows['peak'] / mib:.1f} | {extra_rows / mib:.2f} "
+        f"| {rows['held']:,} |\n"
+        f"| output_attentions=True (eager) | {eager['peak'] / mib:.1f} | {extra_eager / mib:.1f} "
+        f"| {eager['held']:,} |\n\n"
         f"**Returned attention bytes: {eager['held'] / rows['held']:,.0f}x less. "
         f"Extra peak memory: {extra_eager / max(extra_rows, 1):,.0f}x less** "
-        f"({'extra of the rows capture below RSS resolution, counted as 1 byte' if extra_rows == 0 else 'target >= 10x'}).\n\n"
+        f"({below if extra_rows == 0 else 'target >= 10x'}).\n\n"
         "The peak of every mode is set by the vision tower (full attention over the image's patches), which runs "
         "before the decoder and frees its memory; the eager extra peak is therefore smaller than the attention "
         "tensors it returns, and the peak ratio understates the saving that the returned bytes show."

@@ -24,16 +24,17 @@ import statistics
 import time
 
 import torch
+from results import write_section
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 import anatomy
 from anatomy import capture
 from anatomy.inputs import demo_image, encode
-from anatomy.sources import Specimen, config_path
-from results import write_section
+from anatomy.model import Specimen, config_path
 
 WIDER_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, max_window_layers=8,
-                  num_attention_heads=8, num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]})
+                  num_attention_heads=8, num_key_value_heads=2,
+                  rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]})
 WIDER_VISION = dict(hidden_size=256, intermediate_size=1024, depth=8, num_heads=4, out_hidden_size=512,
                     fullatt_block_indexes=[3, 7])
 
@@ -79,9 +80,10 @@ def main() -> None:
     args = parser.parse_args()
     rows, load_before = [], os.getloadavg()[0]
     for name, specimen in (("tiny", anatomy.load("tiny")), ("wider", wider())):
-        batch = encode(specimen, demo_image(448, 336))
+        batch = encode(specimen, demo_image(336, 448))
         (base, kept, copied), sites = median_seconds(specimen, batch, args.repeats)
-        rows.append(f"| {name} | {sites} | {base:.3f} | {kept:.3f} | **{kept / base:.3f}** | {copied:.3f} | {copied / base:.3f} |")
+        rows.append(f"| {name} | {sites} | {base:.3f} | {kept:.3f} | **{kept / base:.3f}** "
+                    f"| {copied:.3f} | {copied / base:.3f} |")
     body = (
         f"One 448x336 image (768 patches, 221 prompt tokens), float32, CPU; median of {args.repeats} "
         "interleaved runs; capture of every site.\n\n"

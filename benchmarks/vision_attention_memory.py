@@ -26,8 +26,8 @@ def run(mode: str) -> dict:
 
     import anatomy
     from anatomy.inputs import demo_image, encode
-    from anatomy.vision_attention import recording
-    from anatomy.windows import block_kinds
+    from anatomy.model import block_kinds
+    from anatomy.vision.attention import record_attention
 
     spec = anatomy.load("tiny")
     batch = encode(spec, demo_image(SIZE, SIZE))
@@ -37,7 +37,7 @@ def run(mode: str) -> dict:
         if mode == "plain":
             spec.model(**batch)
         else:
-            with recording(spec, batch["image_grid_thw"], block, "mean") as maps:
+            with record_attention(spec, batch, block, reduce="mean") as maps:
                 spec.model(**batch)
             report.update(estimate=maps.estimate_bytes, kept=maps.captured_bytes)
     report["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

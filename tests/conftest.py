@@ -18,7 +18,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def picture():
-    return demo_image(448, 336)
+    return demo_image(336, 448)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,16 @@ from anatomy.inputs import demo_image
 
 def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
     image = tmp_path / "picture.png"
-    demo_image(448, 336).save(image)
+    demo_image(336, 448).save(image)
     assert main(["dissect", str(image), "--model", "tiny", "--out", str(tmp_path / "figures")]) == 0
     report = capsys.readouterr().out
     assert re.search(r"image tokens \(<\|image_pad\|>\)\s+192\n", report)  # (336/28) * (448/28) = 12 * 16
     assert re.search(r"vision patches \(14x14 px\)\s+768\n", report)  # (336/14) * (448/14)
     assert "vision.merger.output" in report and "(192, 128)" in report
+    captured = re.findall(r"^((?:vision|decoder)\.\S+)\s+\(", report, flags=re.MULTILINE)
+    expected = ["vision.patch_embed", "vision.rotary.cos", *(f"vision.blocks.{i}.output" for i in range(4)),
+                "vision.merger.output", *(f"decoder.layers.{i}.output" for i in range(4))]
+    assert captured == expected  # only what the report and the figures read, not every site
     names = ("resize_grid", "patch_embeddings", "vision_rotary", "windows", "vision_attention_block1",
              "merged_tokens", "residual_norms", "answer_attention")
     assert sorted(path.stem for path in (tmp_path / "figures").iterdir()) == sorted(names)
@@ -32,4 +36,5 @@ def test_dissect_refuses_a_bad_image_with_one_message(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {str(tmp_path / 'missing.jpg')!r} does not exist or is not a file"]
+    missing = str(tmp_path / "missing.jpg")
+    assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {missing!r} does not exist or is not a file"]

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from anatomy.inputs import chat, load_image
+from anatomy.inputs import demo_image, encode, load_image, request_messages
 
 
 def test_missing_file(tmp_path):
@@ -41,7 +42,30 @@ def test_wrong_types_and_shapes():
         load_image(np.zeros((4, 4)))
 
 
-def test_chat_is_the_seeds_request_shape():
-    messages = chat(Image.new("RGB", (56, 56)))
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert [item["type"] for item in messages[1]["content"]] == ["image", "text"]
+def test_messages_are_the_reference_requests_shape():
+    chat = request_messages(Image.new("RGB", (56, 56)))
+    assert [m["role"] for m in chat] == ["system", "user"]
+    assert [item["type"] for item in chat[1]["content"]] == ["image", "text"]
+
+
+def test_a_prompt_is_the_batch_and_its_layout(tiny, batch, picture, reference):
+    assert sorted(batch) == sorted(batch.batch) and batch["input_ids"] is batch.batch["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(tiny.model(**batch).logits, reference.logits)  # unpacks like the BatchFeature
+    assert batch.images == [picture] and torch.equal(batch.grid_thw, batch["image_grid_thw"])
+    assert torch.equal(batch.kinds == 1, batch["input_ids"][0] == 151655)  # <|image_pad|> (docs/FACTS.md)
+
+
+def test_a_prompt_without_image_says_so(tiny):
+    prompt = encode(tiny, None, "Hello")
+    assert prompt.images == [] and int(prompt.kinds.sum()) == 0
+    with pytest.raises(ValueError, match="this prompt has no image"):
+        prompt.image
+    with pytest.raises(ValueError, match="this prompt has no image"):
+        prompt.grid_thw
+
+
+def test_demo_image_takes_height_then_width():
+    assert demo_image(56, 84).size == (84, 56)  # PIL reports (width, height)
+    with pytest.raises(ValueError, match=r"demo image of 20x84 \(H x W\)"):
+        demo_image(20, 84)

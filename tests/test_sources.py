@@ -1,15 +1,13 @@
-"""load(): every source, checked against the released configurations (QWEN25VL_FACTS.md)."""
+"""load(): every source, checked against the released configurations (docs/FACTS.md)."""
 
-import json
 
 import pytest
 import torch
 from transformers import GPT2Config
 
 import anatomy
-from anatomy.processor import CLIP_MEAN, CLIP_STD
 
-# The released config.json values (shared/QWEN25VL_FACTS.md), typed here as the reference.
+# The released config.json values (docs/FACTS.md, "Published configurations"), typed here as the reference.
 RELEASED = {
     "3B": (2048, 11008, 36, 16, 2, 151936, True, 3420, 2048),
     "7B": (3584, 18944, 28, 28, 4, 152064, False, 3420, 3584),
@@ -88,8 +86,10 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_offline_processor_uses_the_released_preprocessing(tiny):
+    """docs/FACTS.md, "Preprocessing": the released preprocessor_config.json values, typed here."""
     images = tiny.processor.image_processor
     assert (images.size["shortest_edge"], images.size["longest_edge"]) == (3136, 12845056)
     assert (images.patch_size, images.temporal_patch_size, images.merge_size) == (14, 2, 2)
-    assert list(images.image_mean) == CLIP_MEAN and list(images.image_std) == CLIP_STD
-    assert json.loads(json.dumps(CLIP_MEAN)) == [0.48145466, 0.4578275, 0.40821073]
+    assert list(images.image_mean) == [0.48145466, 0.4578275, 0.40821073]
+    assert list(images.image_std) == [0.26862954, 0.26130258, 0.27577711]
+    assert (images.resample, images.rescale_factor) == (3, 1 / 255)  # PIL bicubic, 1/255

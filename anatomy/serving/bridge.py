@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from transformers.image_utils import load_image
 
-from anatomy.generation import answer_attention_figure
+from anatomy.decoder.generation import answer_attention_figure
+from anatomy.inputs import Prompt
+from anatomy.model import token_kinds
 from anatomy.serving.client import ChatAnswer
 
 IMAGE_PAD = "<|image_pad|>"
@@ -110,10 +112,11 @@ def where_it_looked(specimen, messages: list[dict], max_new_tokens: int = 4):
     """Replay a request locally and draw where the answer's tokens looked in its first image.
 
     The same processor inputs as ``bridge`` go through ``specimen.model`` while its
-    decoder attention is recorded (``anatomy.generation``); returns a matplotlib Figure.
+    decoder attention is recorded (``anatomy.decoder.generation``); returns a matplotlib Figure.
     """
     images = request_images(messages)
     if not images:
         raise ValueError("the request has no image_url item: there is nothing to look at")
     inputs = processor_inputs(specimen.processor, messages).to(specimen.device)
-    return answer_attention_figure(specimen, images[0], inputs, max_new_tokens=max_new_tokens)
+    prompt = Prompt(inputs, images, token_kinds(specimen.config, inputs["input_ids"]))
+    return answer_attention_figure(specimen, prompt, max_new_tokens=max_new_tokens)

@@ -3,7 +3,7 @@
 Two ways, one result and one set of errors:
 
 - ``chat``: through the official ``openai`` client, as an application would;
-- ``post_chat``: plain HTTP with the standard library, exactly what the seed's curl sends.
+- ``post_chat``: plain HTTP with the standard library, exactly what the reference request's curl sends.
 
 Every failure is one of three ``ServingError``s with a message that says what
 to do: ``ServerDownError`` (nothing listens there), ``ServerResponseError``
@@ -105,7 +105,7 @@ def chat(
 ) -> ChatAnswer:
     """Send ``messages`` to ``model`` at ``base_url`` with the official ``openai`` client.
 
-    >>> chat("http://127.0.0.1:8000", chat_messages(SEED_QUESTION, images=[sample_image()]), "anatomy-tiny")
+    >>> chat("http://127.0.0.1:8000", chat_messages(REFERENCE_QUESTION, images=[sample_image()]), "anatomy-tiny")
     ChatAnswer(text='...', usage={'prompt_tokens': 69, 'completion_tokens': ..., ...}, ...)
     """
     base_url = _base_url(base_url)

@@ -1,14 +1,14 @@
-"""The chat request the seed sends, built from local files, URLs or PIL images.
+"""The chat request the reference request sends, built from local files, URLs or PIL images.
 
 An OpenAI chat request is a list of messages; a user message carries a list of
 content items, and an image travels as a URL: an http(s) address the server
 fetches, or the image itself inlined as a ``data:`` URL.
 
-For example, ``chat_messages(SEED_QUESTION, images=["https://x/qwen.png"])`` gives
+For example, ``chat_messages(REFERENCE_QUESTION, images=["https://x/qwen.png"])`` gives
 ``[{"role": "system", "content": "You are a helpful assistant."},
 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/qwen.png"}},
 {"type": "text", "text": "What is the text in the illustrate?"}]}]``, and
-``seed_payload()`` is the body of the seed's curl request.
+``reference_payload()`` is the body of the reference request's curl request.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-SEED_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-SEED_SYSTEM = "You are a helpful assistant."
-SEED_QUESTION = "What is the text in the illustrate?"  # sic: the seed's wording, kept verbatim
-SEED_IMAGE_URL = "https://modelscope.oss-cn-beijing.aliyuncs.com/resource/qwen.png"
+from anatomy.inputs import DEFAULT_SYSTEM, REFERENCE_QUESTION
+
+REFERENCE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+REFERENCE_IMAGE_URL = "https://modelscope.oss-cn-beijing.aliyuncs.com/resource/qwen.png"
 VIDEO_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime", ".avi": "video/x-msvideo"}
 
 
@@ -89,10 +89,10 @@ def chat_messages(
     text: str,
     images: Sequence[str | os.PathLike | Image.Image] = (),
     videos: Sequence[str | os.PathLike] = (),
-    system: str | None = SEED_SYSTEM,
+    system: str | None = DEFAULT_SYSTEM,
 ) -> list[dict]:
-    """The seed's messages: a system message, then one user message with the
-    images, the videos and the text, in that order (the seed puts the image first).
+    """The reference request's messages: a system message, then one user message with the
+    images, the videos and the text, in that order (the reference request puts the image first).
     """
     if not isinstance(text, str) or not text:
         raise ValueError(f"text must be a non-empty string, got {text!r}")
@@ -107,7 +107,7 @@ def chat_messages(
 
 
 def chat_payload(model: str, messages: list[dict], max_tokens: int | None = None) -> dict:
-    """The JSON body of ``POST /v1/chat/completions``: the seed's fields, plus an optional ``max_tokens``."""
+    """The JSON body of ``POST /v1/chat/completions``: the reference request's fields, and ``max_tokens`` if given."""
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be the served model's name (a non-empty string), got {model!r}")
     if not isinstance(messages, list) or not messages:
@@ -118,13 +118,13 @@ def chat_payload(model: str, messages: list[dict], max_tokens: int | None = None
     return payload if max_tokens is None else {**payload, "max_tokens": max_tokens}
 
 
-def seed_payload() -> dict:
-    """The seed's curl body, field for field."""
-    return chat_payload(SEED_MODEL, chat_messages(SEED_QUESTION, images=[SEED_IMAGE_URL]))
+def reference_payload() -> dict:
+    """The reference request's curl body, field for field."""
+    return chat_payload(REFERENCE_MODEL, chat_messages(REFERENCE_QUESTION, images=[REFERENCE_IMAGE_URL]))
 
 
 def sample_image(text: str = "Qwen2.5-VL", size: tuple[int, int] = (280, 112)) -> Image.Image:
-    """A small white image with ``text`` on it, the offline stand-in for the seed's qwen.png.
+    """A small white image with ``text`` on it, the offline stand-in for the reference request's qwen.png.
 
     The default 280x112 px is 10x4 cells of 28 px, so 40 ``<|image_pad|>`` tokens.
     """

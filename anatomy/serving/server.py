@@ -7,7 +7,7 @@
 template), then runs it in a child process on 127.0.0.1:
 
 >>> with LocalServer("tiny") as server:          # ~3 s to save, ~8-12 s to start on 2 CPU cores
-...     answer = chat(server.base_url, seed_messages, server.model)
+...     answer = chat(server.base_url, reference_messages, server.model)
 
 ``transformers serve DIR`` pins the server to that model and answers 400 to any
 other name, so it is launched from DIR's parent with DIR's relative name: the

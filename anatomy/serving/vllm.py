@@ -1,6 +1,6 @@
-"""The vLLM command that serves Qwen2.5-VL on a GPU, in the seed's form and today's.
+"""The vLLM command that serves Qwen2.5-VL on a GPU, in the reference request's form and today's.
 
-The seed (vLLM 0.7) wrote ``--limit-mm-per-prompt image=5,video=5``; newer vLLM
+The reference request (vLLM 0.7) wrote ``--limit-mm-per-prompt image=5,video=5``; newer vLLM
 reads that flag as JSON, ``'{"image":5,"video":5}'``, and takes
 ``--mm-processor-kwargs '{"max_pixels": ...}'`` to cap the tokens one image may
 cost (the released processor allows 12,845,056 pixels = 16,384 tokens):
@@ -19,21 +19,21 @@ from __future__ import annotations
 import json
 import shlex
 
-from anatomy.serving.payload import SEED_MODEL
+from anatomy.serving.payload import REFERENCE_MODEL
 
-STYLES = ("json", "seed")
+STYLES = ("json", "reference")
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28  # 1,003,520 px: at most 1280 image tokens, Qwen's suggested cap
 
 
 def _limits(images: int, videos: int, style: str) -> str:
-    """``image=5,video=5`` (seed) or ``{"image":5,"video":5}`` (JSON, newer vLLM)."""
-    if style == "seed":
+    """``image=5,video=5`` (reference) or ``{"image":5,"video":5}`` (JSON, newer vLLM)."""
+    if style == "reference":
         return f"image={images},video={videos}"
     return json.dumps({"image": images, "video": videos}, separators=(",", ":"))
 
 
 def vllm_command(
-    model: str = SEED_MODEL,
+    model: str = REFERENCE_MODEL,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -45,9 +45,9 @@ def vllm_command(
 ) -> str:
     """The ``vllm serve`` command line for ``model``.
 
-    ``style="seed"`` writes the limits as the seed did (and adds no ``max_pixels``,
-    which the seed did not have); ``vllm_command(host="0.0.0.0", style="seed")`` is the
-    seed's command, character for character. ``host`` defaults to 127.0.0.1: 0.0.0.0
+    ``style="reference"`` writes the limits as the reference request did (and adds no ``max_pixels``,
+    which the reference request did not have); ``vllm_command(host="0.0.0.0", style="reference")`` is the
+    reference request's command, character for character. ``host`` defaults to 127.0.0.1: 0.0.0.0
     accepts requests from any machine that can reach this one.
     """
     if style not in STYLES:

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from anatomy.sources import TOY, config_path
+from anatomy.model import TOY, config_path
 from anatomy.toy.training import Recipe
 
 CACHE_ENV = "ANATOMY_CACHE"

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from anatomy import attention_maps as am
+from anatomy.decoder.attention import attention_rows, image_map
 from anatomy.inputs import encode
 from anatomy.toy.evaluate import REGIONS, Report
 from anatomy.toy.shapes import CELL, IMAGE_SIZE
@@ -70,10 +70,9 @@ def looking_figure(specimen, samples: list[Sample], layer: int | None = None, co
 
 def _answer_attention(specimen, s: Sample, layer: int) -> tuple[np.ndarray, str]:
     """The answer position's head-mean attention on each cell ``(4, 4)``, and the model's answer token."""
-    batch = encode(specimen, s.scene.pixels(), s.question)
-    attention, output = am.attention_rows(specimen, batch, layers=[layer], reduce="mean")
-    kinds = am.token_kinds(specimen.config, batch["input_ids"])
-    cells = am.image_map(attention, kinds, batch["image_grid_thw"].cpu())
+    prompt = encode(specimen, s.scene.pixels(), s.question)
+    attention, output = attention_rows(specimen, prompt, layers=[layer], reduce="mean")
+    cells = image_map(attention, prompt)
     return cells.float().numpy(), specimen.processor.tokenizer.decode(int(output.logits[0, -1].argmax()))
 
 

@@ -6,8 +6,8 @@ reads a toy the user retrained with ``python -m anatomy toy train`` from the
 verified cache, and never trains either: without one it stops with one error
 that names the command. ``ensure_trained`` is what that command runs.
 
->>> spec = load_toy()                       # the shipped toy, ~1 s
->>> spec.kind
+>>> specimen = load_toy()                   # the shipped toy, ~1 s
+>>> specimen.kind
 'toy'
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from anatomy.model import ATTENTION_KERNELS, Specimen
 from anatomy.processor import offline_processor
-from anatomy.sources import ATTENTION_KERNELS, Specimen
 from anatomy.toy.cache import CacheError, cache_dir, cache_root, locked, read_manifest, set_aside, sweep, verify, writable
 from anatomy.toy.training import Log, Recipe, initial_model, toy_config, train
 from anatomy.toy.weights import SHIPPED, read_model, write_model
@@ -54,7 +54,7 @@ def load_toy(
 
 def untrained_toy(recipe: Recipe = Recipe()) -> Specimen:
     """The toy model as ``recipe`` starts it, before any training: the random baseline of the evaluation."""
-    return Specimen(initial_model(toy_config(), recipe.seed).eval(), "toy (untrained)", "tiny")
+    return Specimen(initial_model(toy_config(), recipe.seed).eval(), "toy (untrained)", "untrained")
 
 
 def ensure_trained(recipe: Recipe = Recipe(), retrain: bool = False, progress: bool = True) -> Path:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from anatomy.sources import TOY, shipped_config
+from anatomy.model import TOY, shipped_config
 from anatomy.toy.embedding import frozen_embedding
 from anatomy.toy.encode import answer_tokens, encode_conversations, stop_token
 from anatomy.toy.evaluate import WHERE_CASES, score

@@ -1,0 +1,1 @@
+"""What the notebooks use around the lessons: tables, the widget explorer, exercise checks, figure helpers."""

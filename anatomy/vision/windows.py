@@ -1,0 +1,101 @@
+"""Window attention in the vision tower: which patches see each other.
+
+The released vision tower cuts the image into 112x112-px windows (8x8
+patches = 4x4 merged tokens; smaller at the right and bottom edges). Blocks
+7, 15, 23 and 31 attend over the whole image, the other 28 only inside a
+window. The partition is read off the window order (``anatomy.capture.orders``),
+which is transformers' own ``get_vision_window_index``.
+
+For a 448x336 image (24x32 patches) the windows form a 3x4 grid:
+
+>>> from anatomy.model import shipped_config
+>>> parts = windows((1, 24, 32), shipped_config("7B").vision_config)
+>>> parts.window[0, ::8, ::8].tolist(), parts.lengths.tolist()[:4]
+([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], [64, 64, 64, 64])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from anatomy.capture.orders import window_lengths, window_to_raster
+from anatomy.inputs import resized
+from anatomy.lab.figures import grid_lines
+from anatomy.processor import PATCH_SIZE as PATCH
+
+
+def _one_grid(grid_thw) -> tuple[int, int, int]:
+    grid = torch.as_tensor(grid_thw).reshape(-1)
+    if grid.numel() != 3:
+        raise ValueError(f"grid_thw {grid_thw!r} is not one (t, h, w) row; pass image_grid_thw[i]")
+    return tuple(int(v) for v in grid)
+
+
+@dataclass
+class Windows:
+    """The window partition of one image, in raster order over its patches.
+
+    Attributes:
+        window: window id of every patch, ``(t, rows, cols)``.
+        window_order: position of every patch in the order the blocks compute, ``(t, rows, cols)``.
+        merged: merged-token index (raster over the 2x2 groups) of every patch, ``(t, rows, cols)``.
+        boxes: pixel box ``(x0, y0, x1, y1)`` of every window in the resized image, ``(windows, 4)``.
+        lengths: patches in every window, ``(windows,)``.
+    """
+
+    window: np.ndarray
+    window_order: np.ndarray
+    merged: np.ndarray
+    boxes: np.ndarray
+    lengths: np.ndarray
+
+
+def windows(grid_thw, vision_config) -> Windows:
+    """The window partition of one image or video (``grid_thw`` = one (t, h, w) row).
+
+    Read off the window order of ``anatomy.capture.orders`` (transformers' ``get_vision_window_index``).
+    """
+    t, rows, cols = _one_grid(grid_thw)
+    grid = torch.tensor([[t, rows, cols]])
+    merge = vision_config.spatial_merge_size
+    lengths = np.array(window_lengths(grid, vision_config))  # patches per window, in window order
+    window_order = window_to_raster(grid, vision_config).numpy()  # raster patch -> its window-order position
+    window = np.repeat(np.arange(len(lengths)), lengths)[window_order]
+    shape = (t, rows, cols)
+    merged = (np.arange(rows)[:, None] // merge) * (cols // merge) + np.arange(cols)[None, :] // merge
+    merged = merged[None] + (np.arange(t) * (rows // merge) * (cols // merge))[:, None, None]
+    window = window.reshape(shape)
+    return Windows(window, window_order.reshape(shape), merged, _boxes(window[0]), lengths)
+
+
+def _boxes(window: np.ndarray) -> np.ndarray:
+    """Pixel box of every window of one frame: (windows, 4) as x0, y0, x1, y1."""
+    boxes = []
+    for w in np.unique(window):
+        ys, xs = np.nonzero(window == w)
+        boxes.append((xs.min() * PATCH, ys.min() * PATCH, (xs.max() + 1) * PATCH, (ys.max() + 1) * PATCH))
+    return np.array(boxes)
+
+
+def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
+    """The resized image with 14-px patches, 28-px merged tokens and 112-px windows drawn over it."""
+    parts = windows(grid_thw, vision_config)
+    picture = resized(image, grid_thw)
+    figure = Figure(figsize=(8, 8 * picture.height / picture.width + 0.6), layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(picture)
+    grid_lines(axis, picture.size, PATCH, dict(color="white", lw=0.4, alpha=0.6))
+    grid_lines(axis, picture.size, PATCH * vision_config.spatial_merge_size, dict(color="white", lw=0.8, alpha=0.8))
+    for w, (x0, y0, x1, y1) in enumerate(parts.boxes):
+        axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2))
+        axis.text(x0 + 4, y0 + 4, f"w{w}: {parts.lengths[w]}", color="red", va="top", fontsize=8,
+                  bbox=dict(fc="white", alpha=0.7, lw=0, pad=1))
+    axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px (label: window id: patches)\n"
+                   f"thin lines: 14-px patches, thicker: 28-px merged tokens")
+    return figure
