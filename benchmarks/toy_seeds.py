@@ -66,7 +66,7 @@ def retrain(seed: int) -> dict:
         manifest = verify(ensure_trained(recipe, retrain=True, progress=False))
         seconds = time.perf_counter() - start
         report = evaluate(load_toy(recipe=recipe), n=SAMPLES, seed=seed)
-    passed = min(report.accuracy.values()) >= 0.95 and report.ratios.max() >= 3
+    passed = bool(min(report.accuracy.values()) >= 0.95 and report.ratios.max() >= 3)
     return {"seed": seed, "steps": manifest["steps"], "passed_at": manifest["passed_at"],
             "seconds": round(seconds), "load_average": round(load, 2), "accuracy": report.accuracy,
             "where_by_case": report.where_by_case, "stops": report.stops,

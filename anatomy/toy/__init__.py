@@ -5,7 +5,7 @@ A randomly initialised model's attention is noise. The toy model was trained
 is the circle?", "Is the red circle on the left or the right?", "How many
 circles are there?", and to end its turn with ``<|im_end|>``. Its answer
 position attends to the object asked about. Its trained weights ship in
-``anatomy/toy/shipped/`` (3.6 MB); the frozen embedding is regenerated from
+``anatomy/toy/shipped/`` (2.6 MB); the frozen embedding is regenerated from
 its seed, bit for bit, on any machine. ``python -m anatomy toy train`` retrains
 one (minutes on a CPU) into a verified cache.
 

@@ -2,7 +2,7 @@
 
 A toy directory (the shipped one, ``SHIPPED``, or a retrained one in the cache):
 
-    model.safetensors   every trained tensor (~0.9M parameters, ~3.6 MB), the embedding left out
+    model.safetensors   every trained tensor (0.64M parameters, 2.6 MB), the embedding left out
     curve.json          the learning curve: one entry per validation check (``training.Log.curve``)
     manifest.json       sha256 of both files; the embedding's seed, generator and sha256; the
                         recipe, versions, thread count, steps and wall time of the training
