@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -138,14 +139,14 @@ def free_bytes(root: Path) -> int:
 @contextmanager
 def locked(directory: Path, waiting: str = "") -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``directory`` (an exclusive ``flock``, released when the process dies);
-    prints ``waiting`` (if given) when another process holds it."""
+    prints ``waiting`` (if given) on stderr when another process holds it."""
     path = Path(directory).parent / f".{Path(directory).name}.lock"
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
-                print(waiting, flush=True)
+                print(waiting, file=sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -177,6 +178,7 @@ def swap_in(scratch: Path, directory: Path) -> None:
 
 def scratch_beside(directory: Path) -> Path:
     """A new, empty ``.<name>.partial-*`` directory beside ``directory`` (readable by all, like the result)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     scratch.chmod(0o755)
     return scratch
