@@ -140,30 +140,32 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
     # the length is unknown until the check passes: no total (and no ETA) until then
     bar = tqdm(desc="training the toy Qwen2.5-VL (looking for the check)", disable=not progress, mininterval=5)
     stop, losses, start = recipe.max_steps, [], time.perf_counter()
-    with fast_training(model):
-        for step in range(recipe.max_steps + recipe.cooldown):
-            if step >= stop:
-                break
-            for group in optimiser.param_groups:
-                group["lr"] = recipe.lr * _lr_factor(recipe, step, log.passed_at)
-            loss = _loss(model, recipe, step, processor, targets, layouts, cooling=log.passed_at is not None)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            log.steps = step + 1
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            if (step + 1) % recipe.check_every == 0 or step + 1 == stop:
-                entry = check(model, processor, validation, step + 1, losses, time.perf_counter() - start)
-                log.curve.append(entry)
-                losses = []
-                if log.passed_at is None and min(entry["accuracy"].values()) >= recipe.check_accuracy:
-                    log.passed_at = step + 1
-                    stop = step + 1 + recipe.cooldown
-                    bar.total = stop  # now known: the bar shows a fraction and an ETA
-                    bar.set_description("training the toy Qwen2.5-VL (cool-down)")
-    bar.close()
+    try:
+        with fast_training(model):
+            for step in range(recipe.max_steps + recipe.cooldown):
+                if step >= stop:
+                    break
+                for group in optimiser.param_groups:
+                    group["lr"] = recipe.lr * _lr_factor(recipe, step, log.passed_at)
+                loss = _loss(model, recipe, step, processor, targets, layouts, cooling=log.passed_at is not None)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                log.steps = step + 1
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+                if (step + 1) % recipe.check_every == 0 or step + 1 == stop:
+                    entry = check(model, processor, validation, step + 1, losses, time.perf_counter() - start)
+                    log.curve.append(entry)
+                    losses = []
+                    if log.passed_at is None and min(entry["accuracy"].values()) >= recipe.check_accuracy:
+                        log.passed_at = step + 1
+                        stop = step + 1 + recipe.cooldown
+                        bar.total = stop  # now known: the bar shows a fraction and an ETA
+                        bar.set_description("training the toy Qwen2.5-VL (cool-down)")
+    finally:
+        bar.close()  # ends the bar's line, also when interrupted
     return model.eval()
 
 
