@@ -1,6 +1,6 @@
 """Command line.
 
-python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION]
+python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION] [--max-pixels N] [--budget-gib G]
 python -m anatomy toy ensure|train|path|evaluate [--seed N] [--n N]
 """
 
@@ -18,6 +18,10 @@ def _parser() -> argparse.ArgumentParser:
     dissect.add_argument("--model", default="toy", help="'toy' (default), 'tiny', a hub id or a directory")
     dissect.add_argument("--out", default=None, help="directory for the figures (PNG)")
     dissect.add_argument("--text", default=None, help="the question (default: the reference request's)")
+    dissect.add_argument("--max-pixels", type=int, default=None,
+                         help="scale a larger picture down to this many pixels (default 1003520; 0: no cap)")
+    dissect.add_argument("--budget-gib", type=float, default=None,
+                         help="refuse a job estimated to hold more memory than this, in GiB (default 8)")
     commands.add_parser(
         "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
     )
@@ -36,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from anatomy.inputs import REFERENCE_QUESTION
 
         try:
-            print(dissect(args.image, args.model, args.out, args.text or REFERENCE_QUESTION))
-        except (ValueError, FileNotFoundError, TypeError) as error:
+            limits = {"max_pixels": args.max_pixels or None} if args.max_pixels is not None else {}
+            limits |= {"budget_gib": args.budget_gib} if args.budget_gib is not None else {}
+            print(dissect(args.image, args.model, args.out, args.text or REFERENCE_QUESTION, **limits))
+        except (ValueError, FileNotFoundError, TypeError, MemoryError) as error:
             print(f"anatomy dissect: {error}", file=sys.stderr)
             return 2
     return 0

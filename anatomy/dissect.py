@@ -4,23 +4,31 @@
 
 prints the token counts, one line per captured component with its shape,
 and the parameter table, and writes the figures it drew to ``--out``.
+
+It stays within a memory budget: a picture above ``max_pixels`` (``--max-pixels``,
+default 1,003,520 = 1280 image tokens) is scaled down first, and the report says
+so; a job whose estimate (captured activations and attention map) is still above
+``budget_gib`` (``--budget-gib``, default 8) is refused before the model runs.
+A bad ``--out`` (a file, read-only, empty) is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 
 from anatomy.capture.hooks import capture
 from anatomy.decoder.generation import answer_attention_figure
-from anatomy.inputs import REFERENCE_QUESTION, encode, load_image
+from anatomy.inputs import DEFAULT_MAX_PIXELS, REFERENCE_QUESTION, encode, fit_pixels, load_image
 from anatomy.model import block_kinds
 from anatomy.overview.parameters import count_parameters
 from anatomy.overview.residuals import residual_norms_figure
 from anatomy.processor import resize_plan
 from anatomy.sources import load
-from anatomy.vision.attention import patch_attention_figure, record_attention
+from anatomy.vision.attention import estimate_bytes, patch_attention_figure, record_attention
 from anatomy.vision.merger import token_map_figure
 from anatomy.vision.patches import embedding_figure
 from anatomy.vision.resize import grid_figure
@@ -32,6 +40,7 @@ IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 # (about 8 GB for a 1080p image on the 7B).
 SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
          "decoder.layers.*.output")
+DEFAULT_BUDGET_GIB = 8.0
 
 
 def token_counts(specimen, batch) -> dict[str, int]:
@@ -46,14 +55,21 @@ def token_counts(specimen, batch) -> dict[str, int]:
     }
 
 
-def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = REFERENCE_QUESTION) -> str:
-    """Run one captured forward pass; return the report, and save figures under ``out``."""
+def dissect(image, source: str = "toy", out: str | Path | None = None, text: str = REFERENCE_QUESTION,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS, budget_gib: float = DEFAULT_BUDGET_GIB) -> str:  # fmt: skip
+    """Run one captured forward pass; return the report, and save figures under ``out``.
+
+    Refused before the model runs: a bad ``out`` (``checked_out``), a bad image, and a job
+    whose ``job_bytes`` estimate is above ``budget_gib`` GiB after the ``max_pixels`` cap.
+    """
+    out = checked_out(out)
+    picture, note = fit_pixels(load_image(image, max_pixels=None), max_pixels)
     specimen = load(source)
     if not specimen.has_weights:
         raise ValueError(f"model {source!r} is a skeleton without weights; dissect needs one that runs")
-    picture = load_image(image)
-    prompt = encode(specimen, picture, text)
+    prompt = encode(specimen, picture, text, max_pixels=None)
     full_block = block_kinds(specimen.config.vision_config).index("full")
+    check_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
     recording = record_attention(specimen, prompt, [full_block])
     with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
         specimen.model(**prompt)
@@ -61,11 +77,57 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
         "residual_norms": residual_norms_figure(cache),
         "answer_attention": answer_attention_figure(specimen, prompt),
     }
-    lines = [repr(specimen), ""] + [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
+    lines = [repr(specimen), *([note] if note else []), ""]
+    lines += [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
     lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
     if out is not None:
         lines += ["", *save_figures(drawn, out)]
     return "\n".join(lines)
+
+
+def checked_out(out: str | Path | None) -> Path | None:
+    """``out`` as a Path, once it is known that figures can be written there (a probe file, removed)."""
+    if out is None:
+        return None
+    if not str(out).strip():
+        raise ValueError(f"out={str(out)!r} names no directory; expected a directory for the figures, e.g. figures/")
+    path = Path(out)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise ValueError(f"out={str(out)!r}: {str(existing)!r} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"out={str(out)!r}: cannot write in {str(existing)!r} ({os.strerror(error.errno)})") from None
+    return path
+
+
+def job_bytes(config, prompt, full_block: int) -> dict[str, int]:
+    """Estimated bytes the job holds: the ``SITES`` it captures (float32) and the recorded attention map.
+
+    Vision: per patch the embedding, the rotary cos, one output per block; per merged token the
+    merger output; decoder: one output per layer and token.
+    """
+    vision, text = config.vision_config, config.text_config
+    patches, seq = int(prompt.grid_thw.prod(-1).sum()), prompt["input_ids"].shape[1]
+    head_dim = vision.hidden_size // vision.num_heads
+    vision_values = patches * ((vision.depth + 1) * vision.hidden_size + head_dim)
+    vision_values += patches // vision.spatial_merge_size**2 * vision.out_hidden_size
+    decoder_values = seq * text.num_hidden_layers * text.hidden_size
+    attention = estimate_bytes(prompt.grid_thw, vision, [full_block], 1)  # head mean + one head's scores
+    return {"captured activations": 4 * (vision_values + decoder_values),
+            f"vision attention map (block {full_block})": attention}  # fmt: skip
+
+
+def check_budget(parts: dict[str, int], budget_gib: float) -> None:
+    """Refuse the job (MemoryError) when the parts add up to more than ``budget_gib`` GiB."""
+    total = sum(parts.values())
+    if total > budget_gib * 2**30:
+        detail = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in parts.items())
+        raise MemoryError(f"this job would hold about {total / 2**30:.1f} GiB ({detail}), above "
+                          f"budget_gib={budget_gib:g}; pass a smaller max_pixels (--max-pixels) or a larger "
+                          f"budget_gib (--budget-gib)")  # fmt: skip
 
 
 def vision_figures(specimen, prompt, cache, maps) -> dict:

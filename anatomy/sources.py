@@ -13,7 +13,9 @@ the toy in ``anatomy.toy``.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from anatomy.model import ATTENTION_KERNELS, PUBLISHED_SIZES, TINY, TOY, Specimen, skeleton, tiny
-from anatomy.toy import Recipe, load_toy
+from anatomy import toy
 
 
 def load(
@@ -59,14 +61,32 @@ def load(
     if device is not None and device_map is not None:
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
     source = str(source)
+    _check_name(source)
     if source in PUBLISHED_SIZES:
         return skeleton(source, attn_implementation)
     if source == TINY:
         return tiny(seed or 0, _dtype(dtype, device), device, attn_implementation)
     if source == TOY:
-        recipe = None if seed is None else Recipe(seed=seed)
-        return load_toy(_dtype(dtype, device), device, attn_implementation, recipe=recipe)
+        recipe = None if seed is None else toy.Recipe(seed=seed)
+        return toy.load_toy(_dtype(dtype, device), device, attn_implementation, recipe=recipe)
     return _pretrained(source, dtype, device, device_map, attn_implementation)
+
+
+def _check_name(source: str) -> None:
+    """Refuse a bare name that is none of the shipped sources and no local path ("8B", "7b", "TINY").
+
+    A hub id has an owner ("Qwen/Qwen2.5-VL-7B-Instruct"), so a bare name that is not a path is a typo.
+    """
+    names = [TOY, TINY, *PUBLISHED_SIZES]
+    if source in names or "/" in source or os.sep in source or Path(source).exists():
+        return
+    close = [name for name in names if name.lower() == source.lower()]
+    close = close or difflib.get_close_matches(source.upper(), PUBLISHED_SIZES, n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise ValueError(
+        f"no model source {source!r}: {hint}sources are {', '.join(map(repr, names))} (case matters), "
+        f"a hub id such as 'Qwen/Qwen2.5-VL-7B-Instruct', or a local directory"
+    )
 
 
 def _dtype(dtype: torch.dtype | str | None, device: str | torch.device | None) -> torch.dtype:
@@ -81,6 +101,7 @@ def _dtype(dtype: torch.dtype | str | None, device: str | torch.device | None) -
 
 
 def _pretrained(source: str, dtype, device, device_map, attn_implementation: str) -> Specimen:
+    _check_config_json(Path(source) / "config.json")
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as error:
@@ -96,6 +117,16 @@ def _pretrained(source: str, dtype, device, device_map, attn_implementation: str
         attn_implementation=attn_implementation,
     )
     return Specimen(model.eval(), source, "pretrained", functools.partial(AutoProcessor.from_pretrained, source))
+
+
+def _check_config_json(path: Path) -> None:
+    """A local config.json that is not JSON is reported as such (transformers calls it a missing model)."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); repair or re-download that file") from None
 
 
 def _missing_message(source: str) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny random model, deterministic pictures, and their encodings."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -31,3 +32,10 @@ def reference(tiny, batch):
     """transformers' own outputs for ``batch``, with every hidden state."""
     with torch.no_grad():
         return tiny.model(**batch, output_hidden_states=True)
+
+
+@pytest.fixture
+def silent_url():
+    """An address on 127.0.0.1 whose socket accepts connections (the kernel's backlog) and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -4,10 +4,15 @@ import re
 import subprocess
 import sys
 
+import torch
 from PIL import Image
 
 from anatomy.__main__ import main
-from anatomy.inputs import demo_image
+from anatomy.capture import capture
+from anatomy.dissect import SITES, job_bytes
+from anatomy.inputs import demo_image, encode
+from anatomy.model import block_kinds
+from anatomy.vision.attention import record_attention
 
 
 def test_dissect_prints_the_anatomy_and_writes_figures(tmp_path, capsys):
@@ -38,3 +43,15 @@ def test_dissect_refuses_a_bad_image_with_one_message(tmp_path):
     assert result.returncode == 2
     missing = str(tmp_path / "missing.jpg")
     assert result.stderr.strip().splitlines() == [f"anatomy dissect: image {missing!r} does not exist or is not a file"]
+
+
+def test_job_estimate_is_what_the_capture_and_the_recording_hold(tiny):
+    """``job_bytes`` (checked against the budget before the run) against a direct count after it."""
+    prompt = encode(tiny, demo_image(336, 448))
+    full = block_kinds(tiny.config.vision_config).index("full")
+    parts = job_bytes(tiny.config, prompt, full)
+    with torch.no_grad(), capture(tiny, list(SITES)) as cache, record_attention(tiny, prompt, [full]) as maps:
+        tiny.model(**prompt)
+    held = sum(r.tensor.numel() * r.tensor.element_size() for records in cache.records.values() for r in records)
+    assert parts["captured activations"] == held
+    assert parts[f"vision attention map (block {full})"] == maps.estimate_bytes >= maps.captured_bytes

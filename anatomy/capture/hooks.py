@@ -50,6 +50,7 @@ def capture(
             detached reference, which costs no time).
     """
     model = unwrap(model)
+    _check_runnable(model, dtype)
     chosen = resolve(model, sites)
     cache = ActivationCache(chosen, model.config.vision_config, order)
     handles = []
@@ -61,6 +62,17 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _check_runnable(model: nn.Module, dtype) -> None:
+    """Refuse a skeleton (meta device: nothing runs, nothing to copy) and a dtype that would truncate."""
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise ValueError(
+            "this model is a skeleton on the meta device (load('3B'/'7B'/...) has shapes, no weights): it cannot run, "
+            "so there is nothing to capture; use load('toy'), load('tiny') or real weights"
+        )
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype!r}; expected a floating torch dtype (torch.float32, torch.bfloat16...) or None")
 
 
 def _by_module(sites: list[Site]) -> dict[str, list[Site]]:

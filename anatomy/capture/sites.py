@@ -158,9 +158,9 @@ def resolve(model: nn.Module, names: str | list[str]) -> list[Site]:
     Raises ValueError naming the closest valid names for an unknown name, and
     the valid range for a layer index out of range.
     """
-    names = [names] if isinstance(names, str) else list(names)
-    if not names or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(f"sites must be a non-empty name or list of names, got {names!r}")
+    names = [names] if isinstance(names, str) else list(names) if isinstance(names, (list, tuple)) else names
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"sites must be a site name or a non-empty list of names ('*': every site), got {names!r}")
     model = unwrap(model)
     table = site_table(model)
     modules = [path for path, _ in model.named_modules() if path]

@@ -12,12 +12,12 @@ processor and nothing of the server, so its count is a reference for the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from transformers.image_utils import load_image
+from transformers.image_utils import load_image as server_load_image
 
 from anatomy.decoder.generation import answer_attention_figure
-from anatomy.inputs import Prompt
+from anatomy.inputs import Prompt, load_image
 from anatomy.model import token_kinds
 from anatomy.serving.client import ChatAnswer
 
@@ -54,19 +54,34 @@ def served_prompt(processor, messages: list[dict]) -> str:
 
 
 def request_images(messages: list[dict]) -> list:
-    """The request's images as PIL images, decoded from their data URLs (or fetched, for http URLs)."""
+    """The request's images as the server sees them: decoded from their data URLs (or fetched, for
+    http URLs, with ``anatomy.inputs``' timeout and size limit), upright (EXIF orientation applied,
+    as ``transformers serve`` does), every pixel kept (no ``max_pixels`` cap: the server has none).
+    """
     items = [item for message in processor_messages(messages) if not isinstance(message["content"], str)
              for item in message["content"]]  # fmt: skip
     if any(item["type"] == "video" for item in items):
         raise ValueError("the token bridge counts text and images; this request carries a video_url item")
-    return [load_image(item["url"]) for item in items if item["type"] == "image"]
+    return [load_image(item["url"], max_pixels=None) for item in items if item["type"] == "image"]
 
 
-def processor_inputs(processor, messages: list[dict]):
+def check_orientation(messages: list[dict], images: list) -> None:
+    """Refuse when the server's decoder (transformers' ``load_image``) sees an inlined image at
+    another size than ``request_images`` does: one orientation rule on both sides, or an error.
+    """
+    urls = [item["image_url"]["url"] for message in messages if not isinstance(message["content"], str)
+            for item in message["content"] if item.get("type") == "image_url"]  # fmt: skip
+    for index, (url, image) in enumerate(zip(urls, images)):
+        if url.startswith("data:") and (served := server_load_image(url)).size != image.size:
+            raise ValueError(f"image {index}: the server reads it as {served.width}x{served.height} px, this side as "
+                             f"{image.width}x{image.height} px; their EXIF orientation rules differ")  # fmt: skip
+
+
+def processor_inputs(processor, messages: list[dict], images: list | None = None):
     """What the model gets for this request: ``input_ids`` of shape ``(1, seq_len)``,
     ``pixel_values`` of shape ``(patches, 1176)`` and ``image_grid_thw`` of shape ``(images, 3)``.
     """
-    images = request_images(messages)
+    images = request_images(messages) if images is None else images
     return processor(text=[served_prompt(processor, messages)], images=images or None, return_tensors="pt")
 
 
@@ -78,6 +93,7 @@ class TokenBridge:
     local_tokens: int
     image_tokens: list[int]
     server_tokens: int | None = None
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height), upright
 
     @property
     def matches(self) -> bool:
@@ -89,14 +105,17 @@ class TokenBridge:
             f"{self.server_tokens}  ->  {'same' if self.matches else 'DIFFERENT'}")  # fmt: skip
         return (
             f"prompt the server sees (before each {IMAGE_PAD} is expanded):\n{self.prompt}\n"
-            f"local processor: {self.local_tokens} tokens ({images} of them image tokens)\n"
+            f"local processor: {self.local_tokens} tokens ({images} of them image tokens"
+            f"{''.join(f', image {i}: {w}x{h} px upright' for i, (w, h) in enumerate(self.image_sizes))})\n"
             f"server prompt_tokens: {verdict}"
         )
 
 
 def bridge(processor, messages: list[dict], answer: ChatAnswer | None = None) -> TokenBridge:
     """Count the request's prompt tokens with ``processor``, next to ``answer.prompt_tokens`` if given."""
-    inputs = processor_inputs(processor, messages)
+    images = request_images(messages)
+    check_orientation(messages, images)
+    inputs = processor_inputs(processor, messages, images)
     merge = processor.image_processor.merge_size
     grids = inputs.get("image_grid_thw")
     image_tokens = [] if grids is None else [int(grid.prod()) // merge**2 for grid in grids]  # t*h*w / 4
@@ -105,6 +124,7 @@ def bridge(processor, messages: list[dict], answer: ChatAnswer | None = None) ->
         local_tokens=inputs["input_ids"].shape[1],
         image_tokens=image_tokens,
         server_tokens=None if answer is None else answer.prompt_tokens,
+        image_sizes=[image.size for image in images],
     )
 
 
@@ -117,6 +137,6 @@ def where_it_looked(specimen, messages: list[dict], max_new_tokens: int = 4):
     images = request_images(messages)
     if not images:
         raise ValueError("the request has no image_url item: there is nothing to look at")
-    inputs = processor_inputs(specimen.processor, messages).to(specimen.device)
+    inputs = processor_inputs(specimen.processor, messages, images).to(specimen.device)
     prompt = Prompt(inputs, images, token_kinds(specimen.config, inputs["input_ids"]))
     return answer_attention_figure(specimen, prompt, max_new_tokens=max_new_tokens)

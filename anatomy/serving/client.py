@@ -9,6 +9,10 @@ Every failure is one of three ``ServingError``s with a message that says what
 to do: ``ServerDownError`` (nothing listens there), ``ServerResponseError``
 (the server answered 4xx/5xx; ``.status`` and ``.detail`` carry its words), and
 ``ServerTimeoutError`` (it accepted the request but did not answer in time).
+
+Both are bounded by default: ``timeout=60`` s, and ``chat`` asks for at most
+``DEFAULT_MAX_TOKENS`` new tokens (a model that never ends its turn, like the toy,
+would otherwise generate until the server's own limit).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 import openai
 
 from anatomy.serving.payload import chat_payload
+
+DEFAULT_MAX_TOKENS = 128
 
 
 class ServingError(RuntimeError):
@@ -100,7 +106,7 @@ def chat(
     messages: list[dict],
     model: str,
     *,
-    max_tokens: int | None = None,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
     timeout: float = 60.0,
 ) -> ChatAnswer:
     """Send ``messages`` to ``model`` at ``base_url`` with the official ``openai`` client.

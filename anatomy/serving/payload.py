@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def _file_image_url(path: Path) -> str:
             mime = Image.MIME.get(image.format or "", "")
     except UnidentifiedImageError as error:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from error
+    except Image.DecompressionBombError:
+        raise ValueError(f"{str(path)!r} declares more pixels than PIL decodes (a decompression bomb?)") from None
     if not mime.startswith("image/"):
         raise ValueError(f"{str(path)!r} is a {mime or 'unknown'} file, not an image with a MIME type")
     return _data_url(mime, path.read_bytes())
@@ -59,11 +62,13 @@ def _file_image_url(path: Path) -> str:
 def image_url(image: str | os.PathLike | Image.Image) -> str:
     """The URL an ``image_url`` item carries for ``image``.
 
-    ``image`` is an http(s) or data URL (kept as is), a local file path (read,
-    inlined as a base64 data URL), or a PIL image (encoded as PNG, inlined).
+    ``image`` is an http(s) or data URL (kept as is), a local file path or ``file://``
+    URL (read, inlined as a base64 data URL), or a PIL image (encoded as PNG, inlined).
     """
     if isinstance(image, Image.Image):
         return _pil_data_url(image)
+    if isinstance(image, str) and image.startswith("file://"):
+        return _file_image_url(Path(urllib.parse.unquote(urllib.parse.urlparse(image).path)))
     if isinstance(image, str) and _is_url(image):
         return image
     if isinstance(image, (str, os.PathLike)):

@@ -13,18 +13,23 @@ template), then runs it in a child process on 127.0.0.1:
 other name, so it is launched from DIR's parent with DIR's relative name: the
 name clients send is a short ``anatomy-tiny``, not a temporary path.
 
-The child runs in its own process group; ``stop`` (called on every exit of the
-``with``, exceptions included, and at interpreter exit) kills the whole group,
-and on Linux the child is also told to die if this process dies (strictly: if the
-thread that started it ends, so start it from the main thread, as notebooks and
-pytest do).
+The child runs in its own process group, under a watchdog (``watchdog.py``) that
+kills it and removes the temporary model copy when this process dies, even by
+SIGKILL (a Jupyter kernel restart) or SIGTERM (a CI cancel); ``stop`` (called on every
+exit of the ``with``, exceptions included, and at interpreter exit) kills the whole
+group. A copy left by an owner that died with its watchdog (``anatomy-serve-PID-*``
+in the temporary directory) is swept at the next start.
+
+A request can leave the server stuck while its process runs: ``transformers serve``
+fetches an http image URL with no timeout, and generates up to 1024 new tokens when
+a request sets no ``max_tokens`` (``chat`` sends 128 by default). ``responsive()``
+tells (a one-token request with a timeout), ``restart()`` clears it.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import functools
+import json
 import os
 import re
 import shutil
@@ -41,7 +46,8 @@ from pathlib import Path
 from anatomy.sources import Specimen, load
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-PR_SET_PDEATHSIG = 1  # prctl option: signal to receive when the parent dies (Linux)
+SCRATCH_PREFIX = "anatomy-serve-"  # + the owner's pid + "-": a copy whose owner is dead can be swept
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,18 +84,33 @@ def serve_command(model_dir: str, host: str, port: int) -> list[str]:
             "--device", "cpu", "--host", host, "--port", str(port)]  # fmt: skip
 
 
-def _die_with_parent():
-    """Run in the child before exec: Linux sends it SIGTERM when this process dies, even by SIGKILL."""
-    if sys.platform != "linux":
-        return None
-    return functools.partial(ctypes.CDLL(None, use_errno=True).prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
+def sweep_orphans(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the model copies (``anatomy-serve-PID-*``) of owners that no longer run; return them."""
+    swept = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = path.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
 
 
 class LocalServer:
     """``transformers serve`` for one model, in a child process on a loopback address.
 
     Attributes (once started): ``base_url`` (``http://127.0.0.1:PORT``), ``model`` (the
-    name to send, e.g. ``"anatomy-tiny"``), ``pid`` (also its process group id), ``running``,
+    name to send, e.g. ``"anatomy-tiny"``), ``pid`` (its watchdog's, also the process group id),
+    ``running`` (the process lives; ``responsive()``: it also answers),
     ``save_seconds`` and ``startup_seconds`` (launch until ``/health`` answers 200).
     ``source`` is anything ``anatomy.load`` takes, or a loaded ``Specimen``; a checkpoint is
     loaded and saved again, so the server gets exactly the model and processor ``load`` gives.
@@ -146,7 +167,8 @@ class LocalServer:
     def _root(self) -> Path:
         if self.directory is not None:
             return Path(self.directory)
-        self._scratch = tempfile.mkdtemp(prefix="anatomy-serve-")
+        sweep_orphans()
+        self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         return Path(self._scratch)
 
     def _launch(self, root: Path) -> None:
@@ -154,10 +176,10 @@ class LocalServer:
         self.log_path = root / "server.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a local directory: no hub
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the handle
+            watched = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), self._scratch or "-"]  # -I: stdlib only
             self.process = subprocess.Popen(
-                serve_command(self.model, self.host, self.port),  # relative: the name clients send
-                cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent(),  # own process group
+                watched + serve_command(self.model, self.host, self.port),  # relative: the name clients send
+                cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,  # own group
             )  # fmt: skip
         self.pid = self.process.pid
         self.launched_at = time.perf_counter()
@@ -179,6 +201,24 @@ class LocalServer:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+    def responsive(self, timeout: float = 10.0) -> bool:
+        """Whether the server answers a one-token chat request within ``timeout`` s (False: down or stuck)."""
+        if not self.running:
+            return False
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        request = urllib.request.Request(f"{self.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def restart(self) -> LocalServer:
+        """Stop the server (stuck or not) and start it again on the same port."""
+        self.stop()
+        return self.start()
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server wrote (stdout and stderr)."""

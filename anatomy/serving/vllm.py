@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import shlex
 
+from anatomy.inputs import DEFAULT_MAX_PIXELS  # 1,003,520 px: at most 1280 image tokens, Qwen's suggested cap
 from anatomy.serving.payload import REFERENCE_MODEL
 
 STYLES = ("json", "reference")
-DEFAULT_MAX_PIXELS = 1280 * 28 * 28  # 1,003,520 px: at most 1280 image tokens, Qwen's suggested cap
 
 
 def _limits(images: int, videos: int, style: str) -> str:

@@ -69,13 +69,6 @@ def seed_messages():
     return chat_messages(REFERENCE_QUESTION, images=[sample_image()])
 
 
-@pytest.fixture
-def silent_url():
-    """An address on 127.0.0.1 whose socket accepts connections (the kernel's backlog) and never answers."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-
-
 def _gone(pid: int) -> bool:
     try:
         os.killpg(pid, 0)  # any process left in the server's group?
