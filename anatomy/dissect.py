@@ -48,7 +48,7 @@ IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 # (about 8 GB for a 1080p image on the 7B).
 SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
          "decoder.layers.*.output")
-ANSWER_TOKENS = 32  # new tokens generated for the answer; the toy's answer is its first token (it never stops)
+ANSWER_TOKENS = 32  # the most new tokens generated for the answer (the toy answers in one token, then ends its turn)
 DEFAULT_BUDGET_GIB = 8.0
 
 

@@ -50,7 +50,7 @@ class Specimen:
         model: the ``Qwen2_5_VLForConditionalGeneration``.
         processor: the ``Qwen2_5_VLProcessor`` (tokenizer, chat template, image and video processors).
         source: what ``anatomy.load`` was asked for: ``"toy"``, ``"tiny"``, ``"7B"``, a hub id or a directory.
-        kind: one of ``KINDS``: ``"toy"`` (trained here on the shapes task), ``"tiny"`` (random weights),
+        kind: one of ``KINDS``: ``"toy"`` (trained on the shapes task, shipped), ``"tiny"`` (random weights),
             ``"untrained"`` (the toy's architecture at its random initialisation), ``"skeleton"`` (meta
             device, no weights), or ``"pretrained"`` (weights from a hub id or directory).
     """

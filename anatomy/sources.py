@@ -1,6 +1,6 @@
 """Where a model comes from: one entry point, ``load``, for every source.
 
->>> specimen = load("toy")             # trained here on coloured shapes (~3 min once, then cached)
+>>> specimen = load("toy")             # trained on coloured shapes, shipped in the package, ~1 s
 >>> specimen = load("tiny")            # random, seeded, CPU, under a second
 >>> specimen = load("7B")              # the released 7B layout on the meta device, no weights
 >>> specimen = load("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda")   # real weights
@@ -33,12 +33,12 @@ def load(
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
     attn_implementation: str = "sdpa",
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Specimen:
     """Load a Qwen2.5-VL from any source.
 
     Args:
-        source: ``"toy"`` (the default: trained on the CPU on first use, then cached;
+        source: ``"toy"`` (the default: trained on coloured shapes, shipped in the package;
             see ``anatomy.toy``), ``"tiny"`` (random, seeded),
             ``"3B"``/``"7B"``/``"32B"``/``"72B"`` (skeletons on the meta device),
             or a hub id / local directory holding real weights.
@@ -48,13 +48,16 @@ def load(
         device_map: for real weights, an accelerate device map (``"auto"`` spreads
             the model over several GPUs); excludes ``device``.
         attn_implementation: attention kernel, one of ``ATTENTION_KERNELS``.
-        seed: seed of the random weights of ``"tiny"``; for ``"toy"``, of its initialisation and
-            training pictures (each seed is trained once and cached).
+        seed: a non-negative integer. For ``"tiny"``, the seed of its random weights (default 0); for
+            ``"toy"``, ``None`` (the default) is the shipped toy, an integer the toy retrained with that
+            seed by ``python -m anatomy toy train --seed N`` (loaded from the cache, never trained here).
     """
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"source must be a non-empty string, got {source!r}")
     if attn_implementation not in ATTENTION_KERNELS:
         raise ValueError(f"attn_implementation={attn_implementation!r}; expected one of {ATTENTION_KERNELS}")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}; expected a non-negative integer (or None)")
     if device is not None and device_map is not None:
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
     source = str(source)
@@ -62,9 +65,10 @@ def load(
     if source in PUBLISHED_SIZES:
         return skeleton(source, attn_implementation)
     if source == TINY:
-        return tiny(seed, _dtype(dtype, device), device, attn_implementation)
+        return tiny(seed or 0, _dtype(dtype, device), device, attn_implementation)
     if source == TOY:
-        return toy.load_toy(_dtype(dtype, device), device, attn_implementation, recipe=toy.Recipe(seed=seed))
+        recipe = None if seed is None else toy.Recipe(seed=seed)
+        return toy.load_toy(_dtype(dtype, device), device, attn_implementation, recipe=recipe)
     return _pretrained(source, dtype, device, device_map, attn_implementation)
 
 

@@ -1,35 +1,71 @@
-"""``python -m anatomy toy ...``: retrain, locate or evaluate the toy model.
+"""``python -m anatomy toy ...``: evaluate the shipped toy, or retrain one.
 
 ``main_toy`` takes the arguments after ``toy``:
 
-    python -m anatomy toy ensure            # train unless a verified cache exists, print its directory
-    python -m anatomy toy train             # retrain (over any cache), print the cache directory
-    python -m anatomy toy path              # print the cache directory of the default recipe
-    python -m anatomy toy evaluate --n 300  # held-out accuracy and attention, trained vs random
+    python -m anatomy toy evaluate --n 300  # the shipped toy: held-out accuracy, turn ending, attention
+    python -m anatomy toy train --seed 3    # retrain into the cache (over any model there), print its directory
+    python -m anatomy toy ensure --seed 3   # the same, unless a verified retrained model exists
+    python -m anatomy toy path [--seed 3]   # the shipped directory, or the cache directory of a seed
+    python -m anatomy toy evaluate --seed 3 # a retrained toy instead of the shipped one
+
+Errors and warnings are one line each on stderr; Ctrl-C or SIGTERM during training
+keeps the previous model and says so in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import warnings
+from contextlib import contextmanager
 
-from anatomy.toy.cache import cache_dir
+import torch
+
+from anatomy.toy.cache import CacheError, cache_dir
 from anatomy.toy.evaluate import Report, evaluate
 from anatomy.toy.load import ensure_trained, load_toy, untrained_toy
 from anatomy.toy.training import Recipe
+from anatomy.toy.weights import SHIPPED
+
+TRAIN_THREADS = 1  # torch threads while training: the faster choice on a busy 2-core machine (benchmarks/RESULTS.md)
 
 
 def main_toy(argv: list[str] | None = None) -> int:
-    """Run one toy command; returns the exit status."""
+    """Run one toy command; returns the exit status (0, 2 on an error, 130 when interrupted)."""
     args = _parser().parse_args(argv)
-    recipe = Recipe(seed=args.seed)
+    recipe = None if args.seed is None else Recipe(seed=args.seed)
+    with _one_line_messages():
+        try:
+            return _run(args, recipe)
+        except CacheError as error:
+            print(f"anatomy toy: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as interrupt:
+            print(f"anatomy toy: {args.command} interrupted ({interrupt or 'SIGINT'}){_kept(args, recipe)}",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+
+
+def _kept(args: argparse.Namespace, recipe: Recipe | None) -> str:
+    """What an interrupted command left: for ``train``/``ensure``, the previous model (if any), untouched."""
+    if args.command not in ("ensure", "train"):
+        return ""
+    kept = cache_dir(recipe or Recipe())
+    return f"; the previous model is kept in {kept}" if kept.exists() else "; nothing was written"
+
+
+def _run(args: argparse.Namespace, recipe: Recipe | None) -> int:
     if args.command in ("ensure", "train"):
-        print(ensure_trained(recipe, retrain=args.command == "train"))
+        torch.set_num_threads(args.threads)
+        print(ensure_trained(recipe or Recipe(), retrain=args.command == "train"))
     elif args.command == "path":
-        print(cache_dir(recipe))
+        print(SHIPPED if recipe is None else cache_dir(recipe))
     else:
         trained = load_toy(recipe=recipe)
-        for name, spec in (("trained", trained), ("random init", untrained_toy(recipe))):
-            print(describe(name, evaluate(spec, n=args.n, seed=args.seed)))
+        name = "shipped toy" if recipe is None else f"toy retrained with seed {recipe.seed}"
+        for title, spec in ((name, trained), ("random init", untrained_toy(recipe or Recipe()))):
+            print(describe(title, evaluate(spec, n=args.n)))
     return 0
 
 
@@ -50,9 +86,38 @@ def describe(name: str, report: Report) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _one_line_messages():
+    """Warnings printed as ``anatomy toy: warning: ...`` (no source line); SIGTERM raised as ``KeyboardInterrupt``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"anatomy toy: warning: {message}", file=sys.stderr)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy toy", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("ensure", "train", "path", "evaluate"))
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=None,
+                        help="a retrained toy's seed (train/ensure default 0; evaluate/path default: the shipped toy)")
     parser.add_argument("--n", type=int, default=300, help="held-out samples to evaluate (default 300)")
+    parser.add_argument("--threads", type=int, default=TRAIN_THREADS,
+                        help=f"torch threads while training (default {TRAIN_THREADS})")  # fmt: skip
     return parser
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}; expected a non-negative integer")
+    return value

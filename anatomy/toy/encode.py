@@ -65,15 +65,17 @@ def conversation(asked: list[Sample]) -> list[dict]:
     return chat
 
 
-def encode_conversations(chats: list[list[Sample]], processor) -> dict[str, torch.Tensor]:
+def encode_conversations(chats: list[list[Sample]], processor, answered: bool = False) -> dict[str, torch.Tensor]:
     """``processor(...)`` of each ``conversation(asked)``, left-padded, built from cached pieces.
 
     Besides the processor's keys: ``labels`` ``(B, K)``, the K answers' token ids, and
-    ``answer_positions`` ``(B, K)``, the positions whose logits predict them.
+    ``answer_positions`` ``(B, K)``, the positions whose logits predict them. ``answered=True``
+    appends the last answer's token too, so that every answer is followed by a position
+    (``answer_positions + 1``) whose next token is ``<|im_end|>``.
     """
     if not chats or len({len(asked) for asked in chats}) != 1 or not chats[0]:
         raise ValueError(f"need conversations of one common, non-zero length, got lengths {[len(c) for c in chats]}")
-    rows = [_conversation_ids(processor, asked) for asked in chats]
+    rows = [_conversation_ids(processor, asked, answered) for asked in chats]
     batch = _left_padded([(ids, kinds) for ids, kinds, _ in rows], processor)
     length = batch["input_ids"].shape[1]
     batch["answer_positions"] = torch.tensor([[length - len(ids) + i for i in at] for ids, _, at in rows])
@@ -124,8 +126,9 @@ def _prompt(processor, question: str) -> tuple[list[int], list[int]]:
     return list(out["input_ids"][0]), list(out["mm_token_type_ids"][0])
 
 
-def _conversation_ids(processor, asked: list[Sample]) -> tuple[list[int], list[int], list[int]]:
-    """``input_ids``, ``mm_token_type_ids`` and answer positions of ``conversation(asked)``, unpadded."""
+def _conversation_ids(processor, asked: list[Sample], answered: bool) -> tuple[list[int], list[int], list[int]]:
+    """``input_ids``, ``mm_token_type_ids`` and answer positions of ``conversation(asked)``, unpadded;
+    ``answered``: followed by the last answer's token."""
     ids, kinds = map(list, _prompt(processor, asked[0].question))
     positions = [len(ids) - 1]
     for previous, current in zip(asked, asked[1:]):
@@ -133,11 +136,14 @@ def _conversation_ids(processor, asked: list[Sample]) -> tuple[list[int], list[i
         ids += turn
         kinds += [0] * len(turn)
         positions.append(len(ids) - 1)
+    if answered:
+        ids.append(answer_tokens(processor)[asked[-1].answer])
+        kinds.append(0)
     return ids, kinds, positions
 
 
 def stop_token(processor) -> int:
-    """The id of ``<|im_end|>``, which ends a turn (the toy is not trained to say it: see ``training``)."""
+    """The id of ``<|im_end|>``, which ends a turn (the toy learns to say it after its answer: see ``training``)."""
     return processor.tokenizer.convert_tokens_to_ids(STOP)
 
 

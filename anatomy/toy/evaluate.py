@@ -72,26 +72,30 @@ def held_out(n: int, seed: int = 0) -> list[Sample]:
 
 def evaluate(specimen, n: int = 300, seed: int = 0, batch_size: int = 50) -> Report:
     """Accuracy per question type and attention per area on ``n`` held-out samples, with eager attention."""
-    samples = held_out(n, seed)
+    return score(specimen.model, specimen.processor, held_out(n, seed), batch_size)
+
+
+def score(model, processor, samples: list[Sample], batch_size: int = 50) -> Report:
+    """``evaluate`` on any ``samples``: one forward pass per batch over each prompt and its right answer."""
     hits, shares, stops = [], [], []
-    with eager(specimen.model), torch.no_grad():
-        for start in range(0, n, batch_size):
+    with eager(model), torch.no_grad():
+        for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            batch = encode(chunk, specimen.processor)
+            batch = encode(chunk, processor)
             labels = batch.pop("labels")
             # one pass over prompt + right answer: the causal mask keeps the prompt's rows as they were
-            out = specimen.model(**_with_answer(batch, labels), output_attentions=True, logits_to_keep=2)
+            out = model(**_with_answer(batch, labels), output_attentions=True, logits_to_keep=2)
             answer, after = out.logits.argmax(-1).unbind(1)  # predicted at the prompt's end, after the answer
             hits += (answer == labels).tolist()
-            stops += (after == stop_token(specimen.processor)).tolist()
-            shares.append(region_attention(out.attentions, batch["input_ids"], chunk, specimen.config, row=-2))
+            stops += (after == stop_token(processor)).tolist()
+            shares.append(region_attention(out.attentions, batch["input_ids"], chunk, model.config, row=-2))
     hits, kinds = np.array(hits), np.array([s.kind for s in samples])
     accuracy = {k: float(np.mean(hits[kinds == k])) for k in QUESTION_TYPES}
     shares = np.concatenate(shares, axis=1)  # (layers, n, 3)
     by_kind = {k: shares[:, kinds == k].mean(axis=1) for k in QUESTION_TYPES}
     cases = np.array([where_case(s) for s in samples])
     where = {c: float(np.mean(hits[cases == c])) for c in WHERE_CASES if (cases == c).any()}
-    return Report(accuracy, shares.mean(axis=1), n, by_kind, float(np.mean(stops)), where)
+    return Report(accuracy, shares.mean(axis=1), len(samples), by_kind, float(np.mean(stops)), where)
 
 
 def where_case(asked: Sample) -> str | None:
@@ -138,8 +142,10 @@ def region_map(s: Sample) -> np.ndarray:
 
 @contextmanager
 def eager(model):
-    """Switch ``model`` to eager attention (which can return its weights), and back on exit."""
-    before = model.config._attn_implementation
+    """Switch ``model`` to eager attention (which can return its weights); on exit, give the model and each
+    of its sub-models (vision, text) back its own kernel, e.g. vision eager + text sdpa."""
+    before = {"": model.config._attn_implementation}
+    before |= {key: getattr(model.config, key)._attn_implementation for key in model.config.sub_configs}
     model.set_attn_implementation("eager")
     try:
         yield model

@@ -74,3 +74,35 @@ def _answer_attention(specimen, s: Sample, layer: int) -> tuple[np.ndarray, str]
     attention, output = attention_rows(specimen, prompt, layers=[layer], reduce="mean")
     cells = image_map(attention, prompt)
     return cells.float().numpy(), specimen.processor.tokenizer.decode(int(output.logits[0, -1].argmax()))
+
+
+def curve_figure(curve: list[dict], passed_at: int | None = None) -> Figure:
+    """The learning curve: accuracy per question type and ``<|im_end|>`` after the answer (top), target /
+    distractor attention per cell of the answer position per layer and the training loss (bottom), against
+    the step; ``passed_at`` (the check that started the cool-down) as a dashed line."""
+    if not curve:
+        raise ValueError("need at least one curve entry, e.g. read_curve()")
+    steps = [e["step"] for e in curve]
+    figure = Figure(figsize=(8.5, 6), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    for kind in curve[0]["accuracy"]:
+        top.plot(steps, [e["accuracy"][kind] for e in curve], marker=".", label=kind)
+    top.plot(steps, [e["where_by_case"]["shape repeated"] for e in curve], ls=":", label="where, repeated shape")
+    top.plot(steps, [e["stops"] for e in curve], color="black", ls="--", label="<|im_end|> after the answer")
+    top.set(ylabel="validation accuracy", ylim=(-0.03, 1.03), title="how the toy learned to look")
+    top.legend(fontsize=8, loc="lower right")
+    for layer in range(len(curve[0]["ratios"])):
+        bottom.plot(steps, [e["ratios"][layer] for e in curve], marker=".", label=f"layer {layer}")
+    bottom.axhline(1, color="gray", lw=0.8)
+    bottom.set(xlabel="training step", ylabel="target / distractor attention per cell", yscale="log")
+    loss = bottom.twinx()
+    loss.plot(steps, [e["loss"] for e in curve], color="tab:gray", alpha=0.6, label="training loss")
+    loss.set_ylabel("training loss (mean since the last check)")
+    bottom.legend(fontsize=8, loc="upper left")
+    loss.legend(fontsize=8, loc="lower right")
+    for axis in (top, bottom):
+        if passed_at is not None:
+            axis.axvline(passed_at, color="tab:red", ls="--", lw=1)
+    if passed_at is not None:
+        top.annotate("check passed: cool-down", (passed_at, 0.02), color="tab:red", fontsize=8, ha="right")
+    return figure

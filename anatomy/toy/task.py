@@ -115,6 +115,19 @@ def questions(seed: int, split: str, index: int) -> list[Sample]:
     return [ask(pictured, kind, rng) for kind in QUESTION_TYPES[first:] + QUESTION_TYPES[:first]]
 
 
+def questions_and_repeated_where(seed: int, split: str, index: int) -> list[Sample]:
+    """``questions(...)`` and a fourth: "where" about an object whose shape repeats in the picture (then only
+    its colour tells it from the others like it), or about any object when no shape repeats.
+
+    The first three are exactly ``questions(seed, split, index)``.
+    """
+    asked = questions(seed, split, index)
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])  # a stream of its own
+    things = asked[0].scene.things
+    repeated = [i for i, t in enumerate(things) if asked[0].scene.count(t.shape) > 1] or list(range(len(things)))
+    return asked + [_where(asked[0].scene, repeated[rng.integers(len(repeated))], bool(rng.integers(2)))]
+
+
 def scene(rng: np.random.Generator) -> Scene:
     """1-3 objects of one shape and others of other shapes, with at least one shape that occurs once.
 
