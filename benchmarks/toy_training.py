@@ -84,7 +84,8 @@ def render(manifest: dict, accuracy: dict[str, Report], attention: dict[str, Rep
         "|---|---|---|",
     ]  # fmt: skip
     lines += [
-        f"| {k} | {v:.1%} | {accuracy['random init'].accuracy[k]:.1%} |" for k, v in accuracy["shipped"].accuracy.items()
+        f"| {k} | {v:.1%} | {accuracy['random init'].accuracy[k]:.1%} |"
+        for k, v in accuracy["shipped"].accuracy.items()
     ]
     lines += [
         f"| where, {case} | {v:.1%} | {accuracy['random init'].where_by_case.get(case, float('nan')):.1%} |"

@@ -96,7 +96,8 @@ def with_image_tokens(batch: dict[str, torch.Tensor], images: tuple[torch.Tensor
     """``take(batch, rows)`` with the pictures' image tokens given (``mm_encoder_outputs``) instead of pixels,
     so that the model skips its vision tower."""
     picked = {k: v[torch.as_tensor(list(rows), device=v.device)] for k, v in batch.items() if k != "pixel_values"}
-    return {**picked, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])}}
+    pooled = BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])
+    return {**picked, "mm_encoder_outputs": {"image": pooled}}
 
 
 @contextmanager

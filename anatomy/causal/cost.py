@@ -69,7 +69,8 @@ def decoder_flops(config, tokens: int) -> float:
 
 
 def sweep_cost(config, image_side: int = 448, text_tokens: int = 30, questions: int = 1,
-               peak_flops: float = H200_BF16_FLOPS, utilisation: float = 0.4, vision_sites: int | None = None) -> SweepCost:
+               peak_flops: float = H200_BF16_FLOPS, utilisation: float = 0.4,
+               vision_sites: int | None = None) -> SweepCost:
     """The cost of ``patching_sweep`` on ``questions`` questions about square pictures of ``image_side`` px.
 
     ``vision_sites``: how many vision blocks' outputs are patched (default: every block).

@@ -121,7 +121,9 @@ def knock_out(layers, *, queries=(-1,), keys="image", cells=None, rows=None) -> 
 
 def _recording(source) -> Recording:
     if not isinstance(source, Recording):
-        raise TypeError(f"expected a Recording (anatomy.causal.record(model, batch, sites)), got {type(source).__name__}")
+        raise TypeError(
+            f"expected a Recording (anatomy.causal.record(model, batch, sites)), got {type(source).__name__}"
+        )
     return source
 
 

@@ -46,7 +46,8 @@ def knockout_by_layer(spec, samples: list[Sample], batch_size: int = 512) -> Kno
     for part in chunks(len(variants), batch_size):
         chosen = [variants[i] for i in part]
         rows = [q for _, q in chosen]
-        edits = [knock_out(layer_sets[c], queries=[-1], keys="image", rows=[i for i, (v, _) in enumerate(chosen) if v == c])
+        edits = [knock_out(layer_sets[c], queries=[-1], keys="image",
+                           rows=[i for i, (v, _) in enumerate(chosen) if v == c])
                  for c in sorted({c for c, _ in chosen}) if layer_sets[c]]
         logits = answer_logits(spec, with_image_tokens(batch, images, rows), edits)
         truth = labels[rows].to(logits.device)

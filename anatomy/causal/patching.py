@@ -152,8 +152,9 @@ def sweep_figure(sweep: Sweep, question: int = 0) -> Figure:
     sample, sites = sweep.samples[question], sweep.sites
     figure = Figure(figsize=(2.0 * (len(sites) + 2), 2.6), layout="constrained")
     axes = figure.subplots(1, len(sites) + 2)
-    for ax, s, title in ((axes[0], sample, f"clean: {sample.answer}"),
-                         (axes[1], sweep.counterfactuals[question], f"patched from: {sweep.counterfactuals[question].answer}")):
+    source = sweep.counterfactuals[question]
+    panels = ((axes[0], sample, f"clean: {sample.answer}"), (axes[1], source, f"patched from: {source.answer}"))
+    for ax, s, title in panels:
         ax.imshow(s.scene.pixels())
         ax.set_title(title, fontsize=8)
         ax.axis("off")

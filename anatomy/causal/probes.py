@@ -1,8 +1,8 @@
 """Linear probes on each image cell's representation, layer by layer, against a random-init control.
 
 For every cell of every picture and every depth (each vision block's output at the cell's 2x2
-patches, side by side as the merger takes them; the merger output; each decoder layer's output at the cell's image token)
-a ridge-regression probe, fitted in closed form on one set of pictures and scored on others,
+patches, side by side as the merger takes them; the merger output; each decoder layer's output at the cell's
+image token) a ridge-regression probe, fitted in closed form on one set of pictures and scored on others,
 reads three properties: is an object there, its colour, its shape (the last two on object cells
 only). The same probes on the untrained model are the control: what a random network's features
 already make linearly readable from the pixels.

@@ -36,7 +36,9 @@ def _grid(layout: Layout, k: int, merge: int) -> tuple[int, int, int]:
 def _check_cells(cells: tuple[Cell, ...], rows: int, cols: int, what: str, k: int) -> None:
     bad = [c for c in cells if not (0 <= c[0] < rows and 0 <= c[1] < cols)]
     if bad:
-        raise ValueError(f"{what} {bad[0]} is outside image {k}'s {rows}x{cols} grid (rows 0-{rows - 1}, cols 0-{cols - 1})")
+        raise ValueError(
+            f"{what} {bad[0]} is outside image {k}'s {rows}x{cols} grid (rows 0-{rows - 1}, cols 0-{cols - 1})"
+        )
 
 
 def _cell_index(cells: tuple[Cell, ...], t: int, rows: int, cols: int) -> torch.Tensor:

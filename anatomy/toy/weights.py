@@ -87,7 +87,9 @@ def read_model(directory: Path, attn_implementation: str = "sdpa") -> tuple[Qwen
     model.get_input_embeddings().weight.data.copy_(embedding)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {EMBEDDING, "lm_head.weight"}:
-        raise CacheError(f"{directory / WEIGHTS} does not fit the toy config: missing {missing}, unexpected {unexpected}")
+        raise CacheError(
+            f"{directory / WEIGHTS} does not fit the toy config: missing {missing}, unexpected {unexpected}"
+        )
     model.get_input_embeddings().weight.requires_grad_(False)
     return model.eval(), manifest
 
@@ -101,4 +103,5 @@ def read_curve(directory: Path = SHIPPED) -> list[dict]:
 def versions() -> dict:
     """The versions and machine a training ran on."""
     return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads()}  # fmt: skip
+            "python": platform.python_version(), "machine": platform.machine(),
+            "threads": torch.get_num_threads()}  # fmt: skip

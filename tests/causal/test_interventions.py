@@ -191,7 +191,8 @@ def test_generate_edits_the_prompt_and_matches_a_run_without_cache(tiny, pair):
         with torch.no_grad(), intervene(tiny, no_cache):
             full = tiny.model(**grown, use_cache=False).logits[:, -1]
         torch.testing.assert_close(logits, full, rtol=0, atol=1e-5)
-    plain = tiny.model.generate(**a, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    plain = tiny.model.generate(**a, max_new_tokens=1, do_sample=False, output_logits=True,
+                                return_dict_in_generate=True)
     assert not torch.allclose(plain.logits[0], out.logits[0])
 
 
