@@ -22,7 +22,7 @@ trained model is saved and loaded as a plain ``Qwen2_5_VLForConditionalGeneratio
 
 >>> layouts = Layouts(model)            # doctest: +SKIP
 >>> with fast_training(model):          # doctest: +SKIP
-...     hidden = model.model(**batch, **layouts(batch)).last_hidden_state
+...     hidden = layouts.model(**batch, **layouts(batch)).last_hidden_state
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
+from anatomy.model import multimodal, vision_tower
+
 
 @contextmanager
 def fast_training(model):
     """Swap in ``windows_as_batch`` and ``conv_as_matmul`` on ``model``'s vision tower; restore on exit."""
-    visual = model.model.visual
+    visual = vision_tower(model)
     swapped = [(block.attn, windows_as_batch) for block in visual.blocks] + [(visual.patch_embed, conv_as_matmul)]
     for module, forward in swapped:
         module.forward = types.MethodType(forward, module)
@@ -73,7 +75,8 @@ def conv_as_matmul(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 class Layouts:
-    """``layouts(batch)``: the keyword arguments that spare ``model.model(**batch)`` recomputing its layout.
+    """``layouts(batch)``: the keyword arguments that spare ``layouts.model(**batch)`` (the ``Qwen2_5_VLModel``)
+    recomputing its layout.
 
     ``position_ids`` ``(3, B, L)``: the decoder's rotary positions, 0 on padding, from
     ``get_rope_index`` of each unpadded row, cached by the row's token types and picture grid;
@@ -83,7 +86,7 @@ class Layouts:
     """
 
     def __init__(self, model):
-        self.model = model.model
+        self.model = multimodal(model)
         self.rows: dict[tuple, torch.Tensor] = {}
         self.vision: dict[tuple, dict[str, torch.Tensor]] = {}
 
@@ -107,7 +110,7 @@ class Layouts:
     def _vision(self, grid: torch.Tensor) -> dict[str, torch.Tensor]:
         key = tuple(map(tuple, grid.tolist()))
         if key not in self.vision:
-            visual = self.model.visual
+            visual = vision_tower(self.model)
             window_index, cu_window_seqlens = get_vision_window_index(
                 grid, visual.spatial_merge_size, visual.window_size, visual.patch_size
             )

@@ -197,7 +197,7 @@ def _loss(model, recipe: Recipe, step: int, processor, targets: torch.Tensor, la
     plus that of ``<|im_end|>`` after every answer (if ``recipe.end_turn``)."""
     end_turn = cooling and recipe.end_turn
     batch = _batch(recipe, step, processor, four=cooling and recipe.repeated_where, answered=end_turn)
-    hidden = _hidden(model, batch, layouts)  # (B, L, hidden)
+    hidden = _hidden(batch, layouts)  # (B, L, hidden)
     picked = _at(hidden, batch["answer_positions"])  # (B, K, hidden)
     logits = picked @ model.lm_head.weight[targets].T  # (B, K, 13)
     loss = F.cross_entropy(logits.flatten(0, 1), torch.searchsorted(targets, batch["labels"]).flatten())
@@ -217,11 +217,11 @@ def _stop_candidates(recipe: Recipe, step: int, processor, answers: torch.Tensor
     return torch.cat([torch.tensor([stop]), answers, drawn])
 
 
-def _hidden(model, batch: dict, layouts: Layouts) -> torch.Tensor:
-    """The decoder's last hidden states ``(B, L, hidden)``; ``layouts`` passes the batch's rotary positions and
-    vision windows precomputed."""
+def _hidden(batch: dict, layouts: Layouts) -> torch.Tensor:
+    """The decoder's last hidden states ``(B, L, hidden)`` of ``layouts.model``, with the batch's rotary positions
+    and vision windows precomputed by ``layouts``."""
     inputs = {k: v for k, v in batch.items() if k not in ("answer_positions", "labels")}
-    return model.model(**inputs, **layouts(batch)).last_hidden_state
+    return layouts.model(**inputs, **layouts(batch)).last_hidden_state
 
 
 def _at(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
