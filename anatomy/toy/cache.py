@@ -185,7 +185,17 @@ def scratch_beside(directory: Path) -> Path:
 
 
 def set_aside(directory: Path) -> Path:
-    """Rename a damaged ``directory`` to ``<name>.damaged-<UTC time>`` (kept for inspection); returns the new path."""
-    aside = directory.parent / f"{directory.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-    os.rename(directory, aside)
-    return aside
+    """Rename a damaged ``directory`` to ``<name>.damaged-<UTC time>[-N]`` (kept for inspection); returns the new path.
+
+    ``-N`` (2, 3, ...) keeps apart two entries set aside within the same second.
+    """
+    stamp = f"{directory.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    for n in range(1, 1000):
+        aside = directory.parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            aside.mkdir()  # claims the name; a rename onto an empty directory replaces it
+        except FileExistsError:
+            continue
+        os.rename(directory, aside)
+        return aside
+    raise FileExistsError(f"{directory.parent} already holds 999 entries named {stamp}*")
