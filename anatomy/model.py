@@ -252,19 +252,18 @@ def check_heads(config, heads) -> list[int]:
 
 def tokenizer_of(specimen):
     """The tokenizer of a ``Specimen``, a processor, or the tokenizer itself."""
-    specimen = getattr(specimen, "processor", specimen)
-    tokenizer = getattr(specimen, "tokenizer", specimen)
-    if not hasattr(tokenizer, "added_tokens_decoder"):
-        kind = type(specimen).__name__
-        raise TypeError(f"expected a Specimen, a processor or a tokenizer, got {kind}: {specimen!r:.60}")
-    return tokenizer
+    return _part_of(specimen, "tokenizer", "added_tokens_decoder", "a tokenizer")
 
 
 def image_processor_of(specimen):
     """The image processor of a ``Specimen``, a processor, or the image processor itself."""
-    specimen = getattr(specimen, "processor", specimen)
-    image_processor = getattr(specimen, "image_processor", specimen)
-    if not hasattr(image_processor, "get_number_of_image_patches"):
-        kind = type(specimen).__name__
-        raise TypeError(f"expected a Specimen, a processor or a Qwen2-VL image processor, got {kind}")
-    return image_processor
+    return _part_of(specimen, "image_processor", "get_number_of_image_patches", "a Qwen2-VL image processor")
+
+
+def _part_of(specimen, name: str, marker: str, what: str):
+    """``specimen.processor.<name>``, ``processor.<name>`` or the part itself, known by its ``marker`` attribute."""
+    holder = getattr(specimen, "processor", specimen)
+    part = getattr(holder, name, holder)
+    if not hasattr(part, marker):
+        raise TypeError(f"expected a Specimen, a processor or {what}, got {type(holder).__name__}: {holder!r:.60}")
+    return part
