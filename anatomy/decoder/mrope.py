@@ -106,6 +106,8 @@ def position_ids_figure(specimen, batch) -> Figure:
     for a, (name, style) in enumerate(zip(AXES, ("-", "--", ":"))):
         axis.plot(ids[a, 0].cpu().numpy(), style, label=name, linewidth=1.5)
     for kind, colour in ((1, "tab:orange"), (2, "tab:green")):
+        if not (kinds == kind).any():
+            continue  # no legend entry for a kind of token the batch does not have
         axis.fill_between(np.arange(len(kinds)), 0, 1, where=kinds == kind, color=colour, alpha=0.15,
                           transform=axis.get_xaxis_transform(), label=f"{KIND_NAMES[kind]} tokens")
     axis.set(xlabel="token index", ylabel="position id", title=f"M-RoPE ids (rope_deltas {int(deltas[0, 0])})")

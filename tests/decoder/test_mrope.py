@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anatomy import capture
-from anatomy.decoder.mrope import frequency_axes, position_table, rope_index
+from anatomy.decoder.mrope import frequency_axes, position_ids_figure, position_table, rope_index
 from anatomy.inputs import demo_image, encode
 from anatomy.vision.video import Clip, encode_video
 
@@ -88,3 +88,14 @@ def test_position_table_rows(tiny, batch):
     assert len(table) == batch["input_ids"].shape[1]
     assert table[0]["kind"] == "text"
     assert sum(row["kind"] == "image" for row in table) == int(batch["image_grid_thw"].prod()) // 4
+
+
+@pytest.mark.parametrize("which", ["batch", "clip_batch"])
+def test_position_ids_legend_names_only_the_token_kinds_present(tiny, which, request):
+    batch = request.getfixturevalue(which)
+    ids = batch["input_ids"][0]
+    present = [f"{kind} tokens" for kind, token in (("image", tiny.config.image_token_id),
+                                                    ("video", tiny.config.video_token_id)) if (ids == token).any()]
+    legend = position_ids_figure(tiny, batch).axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["time", "height", "width", *present]
+    assert len(present) == 1
