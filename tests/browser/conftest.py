@@ -130,7 +130,7 @@ def chromium(profile: Path):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
-        driver.set_script_timeout(600)
+        driver.set_script_timeout(300)  # a JupyterLab command that never resolves fails
         yield driver
     finally:
         driver.quit()
@@ -177,7 +177,8 @@ class Notebook:
 
     def __init__(self, driver, lab: Lab, name: str, timeout: float = 180):
         self.driver, self.lab, self.name = driver, lab, name
-        driver.get(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+        # a workspace of its own: no tab of an earlier test is restored beside it (or instead of it)
+        driver.get(f"{lab.url}/lab/workspaces/{secrets.token_hex(8)}/tree/{name}?token={lab.token}")
         self.wait(timeout, "the notebook and an idle kernel", lambda: self.js(
             "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
             "const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
@@ -214,8 +215,14 @@ class Notebook:
         """The current notebook's DOM node: other open notebooks stay out of every check."""
         return self.js("return window.jupyterapp.shell.currentWidget.node")
 
-    def panels(self) -> list:
-        return self.node().find_elements(By.CSS_SELECTOR, "[class*='anatomy-live-']")
+    def panels(self, expected: int, timeout: float = 60) -> list:
+        """The live figures' panels, after waiting up to ``timeout`` s for ``expected`` of them: widget views
+        render after run-all resolves, so an immediate count can miss them."""
+        def drawn():
+            return self.node().find_elements(By.CSS_SELECTOR, "[class*='anatomy-live-']")
+        with contextlib.suppress(TimeoutError):
+            self.wait(timeout, f"{expected} live figure(s)", lambda: len(drawn()) >= expected)
+        return drawn()
 
     def image_hash(self, panel) -> str:
         image = panel.find_element(By.CSS_SELECTOR, "img")
@@ -271,6 +278,17 @@ def session(tmp_path_factory):
 
 @pytest.fixture
 def open_notebook(session):
-    """Open a notebook of the session's copy in JupyterLab (again, to reopen it)."""
+    """Open a notebook of the session's copy in JupyterLab (again, to reopen it). After the test, passed or
+    failed, every tab is closed and every kernel shut down, so no test starts beside another's leftovers."""
     lab, browser, _ = session
-    return lambda name: Notebook(browser, lab, name)
+    opened = []
+
+    def open_(name: str) -> Notebook:
+        opened.append(Notebook(browser, lab, name))
+        return opened[-1]
+
+    yield open_
+    if opened:
+        with contextlib.suppress(Exception):
+            opened[-1].close()
+    lab.shutdown_kernels()

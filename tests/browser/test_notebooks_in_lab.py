@@ -44,7 +44,7 @@ def test_live_then_reopened(session, open_notebook, name):
     page = open_notebook(name)
     page.run_all()
     assert page.errors() == []
-    panels = page.panels()
+    panels = page.panels(NOTEBOOKS[name])
     assert len(panels) == NOTEBOOKS[name]
     assert page.live_figures() == [{"panel": True, "png": False}] * len(panels), page.live_figures()  # not its copy
     for panel in panels:
@@ -66,5 +66,3 @@ def test_live_then_reopened(session, open_notebook, name):
     page.screenshot(shots / f"{stem}-reopened.png")
     assert page.errors() == []
     assert page.live_figures() == [{"panel": False, "png": True}] * NOTEBOOKS[name], page.live_figures()  # last PNG
-    page.close()
-    lab.shutdown_kernels()
