@@ -75,7 +75,8 @@ def retrain(seed: int) -> dict:
 
 def render_seeds(rows: list[dict]) -> str:
     lines = [
-        f"`python -m anatomy toy train --seed N` (default `Recipe`, {TRAIN_THREADS} torch thread), each evaluated on "
+        f"`python -m anatomy toy train --seed N` (default `Recipe`: cool-down {Recipe().cooldown} steps; "
+        f"{TRAIN_THREADS} torch thread), each evaluated on "
         f"{SAMPLES} held-out samples of its own seed. Passes: >= 95% on every question type and target/distractor "
         f">= 3 in some layer. Wall times are on a shared 2-core machine (load average at the start given).",
         "",
