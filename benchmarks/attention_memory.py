@@ -33,7 +33,7 @@ def prompt(specimen):
     """The image prompt with the answer appended: (batch, answer positions)."""
     from anatomy.inputs import demo_image, encode
 
-    batch = encode(specimen, demo_image(728, 1120), "Describe the picture.")
+    batch = dict(encode(specimen, demo_image(728, 1120), "Describe the picture."))  # a copy to extend
     answer = specimen.processor.tokenizer(ANSWER, return_tensors="pt")["input_ids"]
     seq = batch["input_ids"].shape[1]
     batch["input_ids"] = torch.cat([batch["input_ids"], answer], dim=1)
@@ -76,8 +76,10 @@ def measure(mode: str) -> dict:
 def run(mode: str) -> dict:
     script = f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
              f"from attention_memory import measure; print(json.dumps(measure({mode!r})))"
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mode {mode!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ All three runs are timed in the same process, interleaved, on the same
 inputs; the ratio of medians is the figure of merit (target: at most 1.10).
 On a CPU model capture keeps detached references (the default); with
 ``copy=True`` it copies every tensor, which is what moving a GPU model's
-activations to the CPU costs. Two models of the real classes, each taking
-over 100 ms per forward pass on a 2-core CPU:
+activations to the CPU costs. Two models of the real classes (about 0.1 s
+and 0.4 s per forward pass on an idle 2-core CPU):
 
 - ``tiny`` (decoder width 128, 4 layers): the worst case for copies, since
   copying its (tokens x 151,936) logits costs about as much as computing them;

@@ -1,0 +1,41 @@
+"""The benchmark scripts stay runnable: `make bench` is not part of `make test`, so a change of the package's
+API that breaks a script (as ``encode`` returning a read-only ``Prompt`` once broke attention_memory.py)
+is caught here, without timing anything."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.stem for path in BENCHMARKS.glob("*.py"))
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their sibling ``results``
+    return importlib.import_module
+
+
+def test_the_make_bench_scripts_are_all_here():
+    make = (BENCHMARKS.parent / "Makefile").read_text()
+    listed = {stem for stem in SCRIPTS if f"benchmarks/{stem}.py" in make}
+    assert listed == set(SCRIPTS) - {"results", "toy_seeds"}  # toy_seeds trains for half an hour: run by hand
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_imports(scripts, name):
+    assert callable(getattr(scripts(name), "main" if name != "results" else "write_section"))
+
+
+def test_attention_memory_prompt_appends_the_answer_after_the_image_prompt(scripts, tiny):
+    bench = scripts("attention_memory")
+    batch, rows = bench.prompt(tiny)
+    answer = tiny.processor.tokenizer(bench.ANSWER)["input_ids"]
+    ids = batch["input_ids"][0]
+    assert ids[[row + 1 for row in rows]].tolist() == answer  # each row predicts the next answer token
+    assert rows[-1] + 1 == len(ids) - 1
+    assert batch["attention_mask"].shape == batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    assert int((ids == tiny.config.image_token_id).sum()) == 1040  # 1120x728 px: 40 x 26 merged cells
+    assert torch.equal(batch["mm_token_type_ids"][0] == 1, ids == tiny.config.image_token_id)
