@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from anatomy.decoder.attention import attention_rows, image_map
 from anatomy.inputs import encode
@@ -90,11 +91,14 @@ def curve_figure(curve: list[dict], passed_at: int | None = None) -> Figure:
     top.plot(steps, [e["where_by_case"]["shape repeated"] for e in curve], ls=":", label="where, repeated shape")
     top.plot(steps, [e["stops"] for e in curve], color="black", ls="--", label="<|im_end|> after the answer")
     top.set(ylabel="validation accuracy", ylim=(-0.03, 1.03), title="how the toy learned to look")
-    top.legend(fontsize=8, loc="lower right")
+    top.legend(fontsize=8, loc="center right")  # the lower right keeps the check's label free
     for layer in range(len(curve[0]["ratios"])):
         bottom.plot(steps, [e["ratios"][layer] for e in curve], marker=".", label=f"layer {layer}")
     bottom.axhline(1, color="gray", lw=0.8)
     bottom.set(xlabel="training step", ylabel="target / distractor attention per cell", yscale="log")
+    bottom.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10 rather than 10^0, 2x10^0 ...
+    bottom.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    bottom.yaxis.set_minor_formatter(NullFormatter())
     loss = bottom.twinx()
     loss.plot(steps, [e["loss"] for e in curve], color="tab:gray", alpha=0.6, label="training loss")
     loss.set_ylabel("training loss (mean since the last check)")
@@ -104,5 +108,7 @@ def curve_figure(curve: list[dict], passed_at: int | None = None) -> Figure:
         if passed_at is not None:
             axis.axvline(passed_at, color="tab:red", ls="--", lw=1)
     if passed_at is not None:
-        top.annotate("check passed: cool-down", (passed_at, 0.02), color="tab:red", fontsize=8, ha="right")
+        cooled = steps[-1] > passed_at  # a live run without a cool-down ends at its check
+        top.annotate("check passed" + (": cool-down" if cooled else ""), (passed_at, 0.02), color="tab:red",
+                     fontsize=8, ha="right")
     return figure
