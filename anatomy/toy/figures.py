@@ -91,7 +91,7 @@ def curve_figure(curve: list[dict], passed_at: int | None = None) -> Figure:
     top.plot(steps, [e["where_by_case"]["shape repeated"] for e in curve], ls=":", label="where, repeated shape")
     top.plot(steps, [e["stops"] for e in curve], color="black", ls="--", label="<|im_end|> after the answer")
     top.set(ylabel="validation accuracy", ylim=(-0.03, 1.03), title="how the toy learned to look")
-    top.legend(fontsize=8, loc="center right")  # the lower right keeps the check's label free
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a curve
     for layer in range(len(curve[0]["ratios"])):
         bottom.plot(steps, [e["ratios"][layer] for e in curve], marker=".", label=f"layer {layer}")
     bottom.axhline(1, color="gray", lw=0.8)
