@@ -35,6 +35,7 @@ from anatomy.causal.batches import (
     with_image_tokens,
 )
 from anatomy.causal.edits import patch, record
+from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import Sample
@@ -261,7 +262,8 @@ def position_figure(sweep: PositionSweep, question: int = 0) -> Figure:
     axis = figure.subplots()
     colours = ["tab:orange" if label.startswith("img") else "tab:blue" for label in labels]
     axis.bar(np.arange(len(labels)), effects, color=colours)
-    axis.set_xticks(np.arange(len(labels)), [repr(label)[1:-1][:10] for label in labels], rotation=90, fontsize=6)
+    ticks = [drawable(repr(label)[1:-1])[:10] for label in labels]
+    axis.set_xticks(np.arange(len(labels)), ticks, rotation=90, fontsize=6)
     axis.set_ylabel("effect (1 = flipped)")
     axis.set_title(f"{sweep.samples[question].question!r}: patching one position at {sweep.site} "
                    f"(orange: image tokens)", fontsize=9)

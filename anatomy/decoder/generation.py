@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.decoder.attention import AttentionRows, image_attention_figure, record_attention
+from anatomy.lab.figures import drawable
 from anatomy.model import decoder, lm_head, multimodal, token_kinds
 from anatomy.processor import token_texts
 
@@ -127,5 +128,5 @@ def answer_attention_figure(specimen, prompt, max_new_tokens: int = 4, layers=No
     trace = generate_traced(specimen, prompt, max_new_tokens, keep=("attention",), layers=layers)
     figure = image_attention_figure(trace.attention, prompt)
     answer = specimen.processor.tokenizer.decode(trace.sequence[0, trace.prompt_length:])
-    figure.suptitle(f"answer {answer[:40]!r}: where its tokens looked", fontsize=9)
+    figure.suptitle(f"answer {drawable(repr(answer[:40]))}: where its tokens looked", fontsize=9)
     return figure

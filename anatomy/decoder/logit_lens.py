@@ -126,15 +126,15 @@ def steps_figure(steps: LensSteps, step: int) -> Figure:
     for j in range(step + 1):
         for layer in range(layers):
             token, value = steps.lens[j][layer][0]
-            axis.text(j, layer, repr(token)[:12], ha="center", va="center", fontsize=8,
+            axis.text(j, layer, drawable(repr(token))[:12], ha="center", va="center", fontsize=8,
                       color="white" if value > 0.5 else "black")
     axis.add_patch(Rectangle((step - 0.5, -0.5), 1, layers, fill=False, ec="tab:red", lw=2))
-    axis.set_xticks(np.arange(len(steps.tokens)), [f"{j}: {t!r}"[:14] if j <= step else str(j)
+    axis.set_xticks(np.arange(len(steps.tokens)), [drawable(f"{j}: {t!r}")[:14] if j <= step else str(j)
                                                    for j, t in enumerate(steps.tokens)], rotation=20)
     axis.set_yticks(np.arange(layers))
     said = "".join(steps.tokens[: step + 1])
     axis.set(xlabel="generation step: the token it chose", ylabel="decoder layer",
-             title=f"logit lens, step {step}: the top token after each layer\ngenerated so far: {said!r}")
+             title=f"logit lens, step {step}: the top token after each layer\ngenerated so far: {drawable(repr(said))}")
     figure.colorbar(shown, ax=axis, label="probability of the top token")
     return figure
 

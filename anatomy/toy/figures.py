@@ -13,6 +13,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from anatomy.decoder.attention import attention_rows, image_map
 from anatomy.inputs import encode
+from anatomy.lab.figures import drawable
 from anatomy.toy.evaluate import REGIONS, Report
 from anatomy.toy.shapes import CELL, IMAGE_SIZE
 from anatomy.toy.task import Sample
@@ -64,7 +65,7 @@ def looking_figure(specimen, samples: list[Sample], layer: int | None = None, co
             for i in s.target:
                 thing = s.scene.things[i]
                 axis.add_patch(Rectangle((thing.col * CELL, thing.row * CELL), CELL, CELL, fill=False, ec="lime", lw=2))
-        panel.suptitle(f"{s.question}\n-> {answer!r} ({mark})", fontsize=9)
+        panel.suptitle(f"{s.question}\n-> {drawable(repr(answer))} ({mark})", fontsize=9)
     figure.suptitle(f"attention of the answer position to the image, decoder layer {layer}, heads averaged")
     return figure
 

@@ -1,9 +1,12 @@
 """Logit lens against transformers' logits (last layer) and hidden states (earlier layers)."""
 
+import io
+import warnings
+
 import pytest
 import torch
 
-from anatomy.decoder.logit_lens import lens_logits, lens_steps, logit_lens, residuals, steps_figure
+from anatomy.decoder.logit_lens import LensSteps, lens_logits, lens_steps, logit_lens, residuals, steps_figure
 
 
 def test_last_layer_lens_equals_the_models_logits(tiny, batch, reference):
@@ -52,3 +55,16 @@ def test_steps_figure_refuses_a_step_it_does_not_have(tiny, batch):
     steps = lens_steps(tiny, batch, max_new_tokens=2)
     with pytest.raises(ValueError, match="step=2; expected 0 to 1"):
         steps_figure(steps, 2)
+
+
+def test_steps_figure_writes_a_token_the_font_lacks_as_its_escape():
+    """A real top token can be in any script: 'Hangul' drawn by DejaVu Sans would be an empty box and a warning."""
+    hangul = "\uc73c"  # the top token that layer 0 of the shipped toy chose in notebook 10
+    steps = LensSteps(tokens=["yellow", hangul], lens=[[[(hangul, 0.1)], [("yellow", 0.9)]]] * 2)
+    figure = steps_figure(steps, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" is a UserWarning
+        figure.savefig(io.BytesIO(), format="png")
+    axis = figure.axes[0]
+    drawn = [t.get_text() for t in axis.texts] + [t.get_text() for t in axis.get_xticklabels()] + [axis.get_title()]
+    assert any("\\uc73c" in text for text in drawn) and not any(hangul in text for text in drawn)
