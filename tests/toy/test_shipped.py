@@ -1,5 +1,5 @@
 """The toy shipped in the package: its hashes, its answers against the task's ground truth, its turn ending,
-the same on 1 and 2 threads; and a short training that writes nowhere but its own cache."""
+the same answers and figure on 1 and 2 threads; and a short training that writes nowhere but its own cache."""
 
 import json
 import os
@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import anatomy
 from anatomy.toy import CacheError, sample
 from anatomy.toy.cache import verify
 from anatomy.toy.embedding import frozen_embedding
 from anatomy.toy.encode import answer_token, encode, stop_token
+from anatomy.toy.figures import looking_figure
 from anatomy.toy.weights import SHIPPED, read_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +101,23 @@ def test_one_and_two_threads_give_the_same_answers(toy):
         torch.set_num_threads(threads)
     assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
     assert torch.allclose(logits[0], logits[1], atol=1e-4, rtol=1e-4)
+
+
+def test_one_and_two_threads_draw_the_same_figure(toy):
+    """The figure notebooks 07 and 08 show of the toy's looking, rendered with 1 and 2 torch threads."""
+    samples = [sample(0, "test", i) for i in range(6)]
+    threads, pixels = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            canvas = FigureCanvasAgg(looking_figure(toy, samples))
+            canvas.draw()
+            pixels.append(np.asarray(canvas.buffer_rgba()).astype(int))
+    finally:
+        torch.set_num_threads(threads)
+    assert pixels[0].shape == pixels[1].shape
+    differ = np.abs(pixels[0] - pixels[1]).max(-1)
+    assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # a colour-map step at most, on a handful of pixels
 
 
 SMOKE = """
