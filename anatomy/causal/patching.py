@@ -34,7 +34,7 @@ from anatomy.causal.batches import (
     toy_batch,
     with_image_tokens,
 )
-from anatomy.causal.edits import patch, record
+from anatomy.causal.edits import Recording, patch, record
 from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID
@@ -100,33 +100,26 @@ def patching_sweep(spec, samples: list[Sample], sites: list[str] | None = None, 
     """
     start = time.perf_counter()
     sites = sites or residual_sites(spec)
-    corrupted = [counterfactual(s) for s in samples]
-    clean_batch, bad_batch = toy_batch(spec, samples), toy_batch(spec, corrupted)
-    if clean_batch["input_ids"].shape != bad_batch["input_ids"].shape:
-        raise ValueError("clean and counterfactual prompts differ in length; ask the same questions")
     columns = [("cell", (r, c)) for r in range(GRID) for c in range(GRID)] + [("answer", -1)]
     variants = [(q, s, k) for q in range(len(samples)) for s in range(len(sites)) for k in range(len(columns))
                 if not (columns[k][0] == "answer" and sites[s].startswith("vision."))]
     effects = np.full((len(samples), len(sites), len(columns)), np.nan)
-    clean_ids, bad_ids = clean_batch["labels"], bad_batch["labels"]
     with fast_vision(spec.model):
-        source = record(spec, {k: v for k, v in bad_batch.items() if k != "labels"}, sites)
-        clean_ld = _ld(answer_logits(spec, clean_batch), clean_ids, bad_ids)
-        bad_ld = _ld(answer_logits(spec, bad_batch), clean_ids, bad_ids)
-        images = image_tokens(spec, clean_batch)
-        passes = 4  # the source recording, the two unpatched runs, the clean pictures' image tokens
+        base = _baseline(spec, samples, sites)
+        passes = _BASELINE_PASSES
         for in_vision in (True, False):
             group = [v for v in variants if sites[v[1]].startswith("vision.") == in_vision]
             for part in chunks(len(group), batch_size):
                 chosen = [group[i] for i in part]
                 rows = [q for q, _, _ in chosen]
-                inputs = take(clean_batch, rows) if in_vision else with_image_tokens(clean_batch, images, rows)
-                edits = _edits(chosen, sites, columns, source.take(rows))
-                ld = _ld(answer_logits(spec, inputs, edits), clean_ids[rows], bad_ids[rows])
-                for (q, s, k), value in zip(chosen, ld):
-                    effects[q, s, k] = (clean_ld[q] - value) / (clean_ld[q] - bad_ld[q])
+                inputs = take(base.clean, rows) if in_vision else with_image_tokens(base.clean, base.images, rows)
+                edits = _edits(chosen, sites, columns, base.source.take(rows))
+                effect = base.effect(rows, answer_logits(spec, inputs, edits))
+                for (q, s, k), value in zip(chosen, effect):
+                    effects[q, s, k] = value
                 passes += 1
-    return Sweep(effects, sites, samples, corrupted, clean_ld, bad_ld, passes, time.perf_counter() - start)
+    return Sweep(effects, sites, samples, base.corrupted, base.clean_ld, base.bad_ld, passes,
+                 time.perf_counter() - start)
 
 
 def _edits(chosen, sites, columns, source) -> list:
@@ -140,6 +133,42 @@ def _edits(chosen, sites, columns, source) -> list:
         selection = {"cells": [value]} if kind == "cell" else {"positions": [value]}
         edits.append(patch(sites[s], source, rows=where, **selection))
     return edits
+
+
+_BASELINE_PASSES = 4  # the counterfactual recording, the two unpatched runs, the clean pictures' image tokens
+
+
+@dataclass
+class _Baseline:
+    """What every patched copy is measured against: the clean batch (with its pictures' image tokens), the
+    counterfactual run recorded at the patched sites, and both unpatched logit differences."""
+
+    corrupted: list[Sample]
+    clean: dict
+    images: torch.Tensor
+    source: Recording
+    clean_ids: torch.Tensor
+    bad_ids: torch.Tensor
+    clean_ld: np.ndarray
+    bad_ld: np.ndarray
+
+    def effect(self, rows: list[int], logits: torch.Tensor) -> np.ndarray:
+        """The effect of each patched copy (``logits`` row i is a copy of clean question ``rows[i]``)."""
+        ld = _ld(logits, self.clean_ids[rows], self.bad_ids[rows])
+        return (self.clean_ld[rows] - ld) / (self.clean_ld[rows] - self.bad_ld[rows])
+
+
+def _baseline(spec, samples: list[Sample], sites) -> _Baseline:
+    """The clean and counterfactual runs of ``samples`` (``_BASELINE_PASSES`` forward passes)."""
+    corrupted = [counterfactual(s) for s in samples]
+    clean, bad = toy_batch(spec, samples), toy_batch(spec, corrupted)
+    if clean["input_ids"].shape != bad["input_ids"].shape:
+        raise ValueError("clean and counterfactual prompts differ in length; ask the same questions")
+    clean_ids, bad_ids = clean["labels"], bad["labels"]
+    source = record(spec, {k: v for k, v in bad.items() if k != "labels"}, sites)
+    clean_ld = _ld(answer_logits(spec, clean), clean_ids, bad_ids)
+    bad_ld = _ld(answer_logits(spec, bad), clean_ids, bad_ids)
+    return _Baseline(corrupted, clean, image_tokens(spec, clean), source, clean_ids, bad_ids, clean_ld, bad_ld)
 
 
 def _ld(logits: torch.Tensor, good: torch.Tensor, bad: torch.Tensor) -> np.ndarray:
@@ -215,31 +244,24 @@ class PositionSweep:
 
 def position_sweep(spec, samples: list[Sample], site: str, batch_size: int = 512) -> PositionSweep:
     """Patch each prompt position of ``site`` (a decoder site) from each counterfactual into its clean run."""
-    corrupted = [counterfactual(s) for s in samples]
-    clean_batch, bad_batch = toy_batch(spec, samples), toy_batch(spec, corrupted)
-    clean_ids, bad_ids = clean_batch["labels"], bad_batch["labels"]
-    length = clean_batch["input_ids"].shape[1]
-    real = clean_batch["attention_mask"].bool().cpu().numpy()
-    variants = [(q, p) for q in range(len(samples)) for p in range(length) if real[q, p]]
-    effects = np.full((len(samples), length), np.nan)
     with fast_vision(spec.model):
-        source = record(spec, {k: v for k, v in bad_batch.items() if k != "labels"}, site)
-        clean_ld = _ld(answer_logits(spec, clean_batch), clean_ids, bad_ids)
-        bad_ld = _ld(answer_logits(spec, bad_batch), clean_ids, bad_ids)
-        images = image_tokens(spec, clean_batch)
+        base = _baseline(spec, samples, site)
+        length = base.clean["input_ids"].shape[1]
+        real = base.clean["attention_mask"].bool().cpu().numpy()
+        variants = [(q, p) for q in range(len(samples)) for p in range(length) if real[q, p]]
+        effects = np.full((len(samples), length), np.nan)
         for part in chunks(len(variants), batch_size):
             chosen = [variants[i] for i in part]
             rows = [q for q, _ in chosen]
             by_position: dict[int, list[int]] = {}
             for row, (_, p) in enumerate(chosen):
                 by_position.setdefault(p, []).append(row)
-            taken = source.take(rows)
+            taken = base.source.take(rows)
             edits = [patch(site, taken, positions=[p], rows=where) for p, where in by_position.items()]
-            ld = _ld(answer_logits(spec, with_image_tokens(clean_batch, images, rows), edits), clean_ids[rows],
-                     bad_ids[rows])
-            for (q, p), value in zip(chosen, ld):
-                effects[q, p] = (clean_ld[q] - value) / (clean_ld[q] - bad_ld[q])
-    return PositionSweep(site, effects, _tokens(spec, clean_batch["input_ids"]), samples)
+            effect = base.effect(rows, answer_logits(spec, with_image_tokens(base.clean, base.images, rows), edits))
+            for (q, p), value in zip(chosen, effect):
+                effects[q, p] = value
+    return PositionSweep(site, effects, _tokens(spec, base.clean["input_ids"]), samples)
 
 
 def _tokens(spec, input_ids: torch.Tensor) -> list[list[str]]:
