@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.causal.batches import fast_vision, toy_batch
+from anatomy.causal.batches import fast_vision, model_inputs, toy_batch
 from anatomy.causal.patching import Sweep, changed_cells
 from anatomy.toy.evaluate import eager
 from anatomy.toy.task import Sample
@@ -25,7 +25,7 @@ from anatomy.toy.task import Sample
 
 def cell_attention(spec, samples: list[Sample]) -> np.ndarray:
     """``(layers, questions, 16)``: the answer position's attention to each image cell, mean over heads."""
-    batch = {k: v for k, v in toy_batch(spec, samples).items() if k != "labels"}
+    batch = model_inputs(toy_batch(spec, samples))
     image = batch["input_ids"] == spec.config.image_token_id  # (B, L), 16 per row, raster order
     with torch.no_grad(), eager(spec.model), fast_vision(spec.model):
         attentions = spec.model(**batch, output_attentions=True, logits_to_keep=1).attentions

@@ -113,11 +113,15 @@ def fast_vision(model):
         yield model
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``toy_batch`` without its ``"labels"``: the model's keyword arguments."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def answer_logits(spec, batch: dict[str, torch.Tensor], edits=()) -> torch.Tensor:
     """``(B, vocab)`` logits at the answer position (the last), with ``edits`` applied."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad(), intervene(spec, list(edits)):
-        return spec.model(**inputs, logits_to_keep=1).logits[:, -1].float()
+        return spec.model(**model_inputs(batch), logits_to_keep=1).logits[:, -1].float()
 
 
 def chunks(count: int, size: int) -> list[np.ndarray]:

@@ -30,6 +30,7 @@ from anatomy.causal.batches import (
     counterfactual,
     fast_vision,
     image_tokens,
+    model_inputs,
     take,
     toy_batch,
     with_image_tokens,
@@ -165,7 +166,7 @@ def _baseline(spec, samples: list[Sample], sites) -> _Baseline:
     if clean["input_ids"].shape != bad["input_ids"].shape:
         raise ValueError("clean and counterfactual prompts differ in length; ask the same questions")
     clean_ids, bad_ids = clean["labels"], bad["labels"]
-    source = record(spec, {k: v for k, v in bad.items() if k != "labels"}, sites)
+    source = record(spec, model_inputs(bad), sites)
     clean_ld = _ld(answer_logits(spec, clean), clean_ids, bad_ids)
     bad_ld = _ld(answer_logits(spec, bad), clean_ids, bad_ids)
     return _Baseline(corrupted, clean, image_tokens(spec, clean), source, clean_ids, bad_ids, clean_ld, bad_ld)
