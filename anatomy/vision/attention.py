@@ -59,6 +59,10 @@ class BlockAttention:
     segments: list[torch.Tensor] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
 
+    def head_name(self, head: int = 0) -> str:
+        """What map ``head`` (an index into the kept maps) shows, for a figure title."""
+        return "head mean" if self.reduce == "mean" else f"head {self.heads[head]}"
+
 
 @dataclass
 class VisionAttention:
@@ -203,8 +207,8 @@ def patch_attention_figure(maps: VisionAttention, prompt, block: int, row: int, 
     picture = resized(prompt.image, grid)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = figure.subplots(1, 2)
-    head_name = "head mean" if maps[block].reduce == "mean" else f"head {maps[block].heads[head]}"
-    draw_picture(left, picture, f"block {block} ({maps[block].kind} attention), {head_name}: patch ({row}, {col})\n"
+    draw_picture(left, picture, f"block {block} ({maps[block].kind} attention), {maps[block].head_name(head)}: "
+                                f"patch ({row}, {col})\n"
                                 "(cyan); orange: the patches holding half of its attention")
     outline_cells(left, torch.as_tensor(probabilities), 14, colour="orange")
     left.add_patch(_patch_box(row, col))
@@ -261,9 +265,8 @@ def patch_picker_figure(maps: VisionAttention, prompt, window_block: int, full_b
         axis.add_patch(Rectangle((x0 / PATCH - 0.5, y0 / PATCH - 0.5), (x1 - x0) / PATCH, (y1 - y0) / PATCH,
                                  fill=False, ec="red", lw=1.5))
         axis.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
-        heads = "head mean" if maps[block].heads == "mean" else f"head {maps[block].heads[0]}"
-        axis.set(title=f"block {block} ({maps[block].kind} attention, {heads})", xlabel="patch column",
-                 ylabel="patch row")
+        axis.set(title=f"block {block} ({maps[block].kind} attention, {maps[block].head_name()})",
+                 xlabel="patch column", ylabel="patch row")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         figure.colorbar(shown, ax=axis, shrink=0.8, label="probability")

@@ -9,7 +9,13 @@ import anatomy
 from anatomy.capture.budget import AttentionBudgetExceeded
 from anatomy.inputs import demo_image, encode
 from anatomy.model import block_kinds
-from anatomy.vision.attention import estimate_bytes, record_attention, vision_attention
+from anatomy.vision.attention import (
+    estimate_bytes,
+    patch_attention_figure,
+    patch_picker_figure,
+    record_attention,
+    vision_attention,
+)
 from anatomy.vision.windows import windows
 
 
@@ -104,3 +110,12 @@ def test_patch_map_stays_inside_its_window(tiny, edge_batch):
     assert maps.patch_map(1, row=0, col=0).min() > 0  # full attention reaches every patch
     with pytest.raises(ValueError, match=r"patch \(20, 0\) is outside the 20x26 patch grid"):
         maps.patch_map(0, 20, 0)
+
+
+@pytest.mark.parametrize("reduce, name", [("mean", "head mean"), ("none", "head 2")])
+def test_figure_titles_name_the_map_drawn(tiny, edge_batch, reduce, name):
+    maps = vision_attention(tiny, edge_batch, blocks=[0, 1], heads=[2, 3], reduce=reduce)
+    picker = patch_picker_figure(maps, edge_batch, 0, 1, row=3, col=4)
+    titles = [axis.get_title() for axis in picker.axes[1:3]]
+    assert titles == [f"block {b} ({maps[b].kind} attention, {name})" for b in (0, 1)]
+    assert f", {name}: patch (3, 4)" in patch_attention_figure(maps, edge_batch, 0, 3, 4).axes[0].get_title()
