@@ -67,32 +67,39 @@ def retrain(seed: int) -> dict:
         seconds = time.perf_counter() - start
         report = evaluate(load_toy(recipe=recipe), n=SAMPLES, seed=seed)
     passed = bool(min(report.accuracy.values()) >= 0.95 and report.ratios.max() >= 3)
-    return {"seed": seed, "steps": manifest["steps"], "passed_at": manifest["passed_at"],
+    return {"cooldown": recipe.cooldown, "seed": seed, "steps": manifest["steps"], "passed_at": manifest["passed_at"],
             "seconds": round(seconds), "load_average": round(load, 2), "accuracy": report.accuracy,
             "where_by_case": report.where_by_case, "stops": report.stops,
             "ratios": [round(float(r), 2) for r in report.ratios], "passed": passed}  # fmt: skip
 
 
 def render_seeds(rows: list[dict]) -> str:
+    """One table per cool-down measured, the default recipe's first."""
     lines = [
-        f"`python -m anatomy toy train --seed N` (default `Recipe`: cool-down {Recipe().cooldown} steps; "
-        f"{TRAIN_THREADS} torch thread), each evaluated on "
-        f"{SAMPLES} held-out samples of its own seed. Passes: >= 95% on every question type and target/distractor "
-        f">= 3 in some layer. Wall times are on a shared 2-core machine (load average at the start given).",
-        "",
-        "| seed | steps | check passed at | wall s | load avg | colour | where | count | where, repeated "
-        "| `<\\|im_end\\|>` | ratio per layer | passes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"`python -m anatomy toy train --seed N` (default `Recipe`, cool-down {Recipe().cooldown} steps; "
+        f"{TRAIN_THREADS} torch thread), each evaluated on {SAMPLES} held-out samples of its own seed. Passes: "
+        f">= 95% on every question type and target/distractor >= 3 in some layer. Wall times are on a shared "
+        f"2-core machine (load average at the start given). Other cool-downs measured follow, for comparison.",
     ]
-    for r in rows:
-        acc = r["accuracy"]
-        lines.append(
-            f"| {r['seed']} | {r['steps']} | {r['passed_at']} | {r['seconds']} | {r['load_average']} "
-            f"| {acc['colour']:.1%} | {acc['where']:.1%} | {acc['count']:.1%} "
-            f"| {r['where_by_case'].get('shape repeated', float('nan')):.1%} | {r['stops']:.1%} "
-            f"| {' / '.join(f'{x:.1f}' for x in r['ratios'])} | {'yes' if r['passed'] else 'no'} |"
-        )
-    lines += ["", f"{sum(r['passed'] for r in rows)} of {len(rows)} seeds pass."]
+    for cooldown in sorted({r["cooldown"] for r in rows}, key=lambda c: (c != Recipe().cooldown, -c)):
+        chosen = [r for r in rows if r["cooldown"] == cooldown]
+        lines += [
+            "",
+            f"**Cool-down {cooldown} steps**{' (the default)' if cooldown == Recipe().cooldown else ''}:",
+            "",
+            "| seed | steps | check passed at | wall s | load avg | colour | where | count | where, repeated "
+            "| `<\\|im_end\\|>` | ratio per layer | passes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in chosen:
+            acc = r["accuracy"]
+            lines.append(
+                f"| {r['seed']} | {r['steps']} | {r['passed_at']} | {r['seconds']} | {r['load_average']} "
+                f"| {acc['colour']:.1%} | {acc['where']:.1%} | {acc['count']:.1%} "
+                f"| {r['where_by_case'].get('shape repeated', float('nan')):.1%} | {r['stops']:.1%} "
+                f"| {' / '.join(f'{x:.1f}' for x in r['ratios'])} | {'yes' if r['passed'] else 'no'} |"
+            )
+        lines += ["", f"{sum(r['passed'] for r in chosen)} of {len(chosen)} seeds pass."]
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ one (minutes on a CPU) into a verified cache.
     load       ``load_toy``: the shipped toy (or a retrained one); ``ensure_trained``
     evaluate   held-out accuracy, turn ending, and where the answer's attention goes
     figures    that evidence drawn, and the learning curve
+    curve      the learning curve read: the plateau, the snap, the ratios per layer
+    example    the running example of notebooks 03-07 and 10: one held-out picture and question
     cli        ``main_toy``: ``python -m anatomy toy evaluate|train|ensure|path``
 """
 

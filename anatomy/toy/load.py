@@ -118,11 +118,10 @@ def _set_aside(directory: Path) -> str:
         return f"could not be set aside ({error.strerror or error})"
 
 
-def _stamp(directory: Path) -> str | None:
-    """What identifies the model now in ``directory``: its manifest's bytes (``None`` if unreadable)."""
+def _stamp(directory: Path) -> dict | None:
+    """What identifies the model now in ``directory``: its manifest (``None`` if unreadable)."""
     try:
-        read_manifest(directory)
-        return (directory / "manifest.json").read_text()
+        return read_manifest(directory)
     except (CacheError, OSError):
         return None
 
