@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from anatomy.capture.budget import FLOAT_BYTES
 from anatomy.capture.hooks import capture
-from anatomy.decoder.generation import answer_attention_figure
+from anatomy.decoder.generation import Trace, generate_traced, traced_answer_figure
 from anatomy.inputs import DEFAULT_MAX_PIXELS, REFERENCE_QUESTION, encode, fit_pixels, load_image
-from anatomy.model import block_kinds
+from anatomy.model import IMAGE, block_kinds
 from anatomy.overview.parameters import count_parameters
 from anatomy.overview.residuals import residual_norms_figure
 from anatomy.processor import resize_plan
@@ -43,7 +44,6 @@ from anatomy.vision.resize import grid_figure
 from anatomy.vision.rotary import rotary_figure
 from anatomy.vision.windows import window_figure
 
-IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 # Only what the report and the figures read: the whole "*" would hold every vision activation
 # (about 8 GB for a 1080p image on the 7B).
 SITES = ("vision.patch_embed", "vision.rotary.cos", "vision.blocks.*.output", "vision.merger.output",
@@ -52,15 +52,14 @@ ANSWER_TOKENS = 32  # the most new tokens generated for the answer (the toy answ
 DEFAULT_BUDGET_GIB = 8.0
 
 
-def token_counts(specimen, batch) -> dict[str, int]:
+def token_counts(prompt) -> dict[str, int]:
     """Tokens of the prompt by kind: total, image placeholders, patches before the 2x2 merge."""
-    ids = batch["input_ids"][0]
-    image_id = specimen.processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    image = int((prompt.kinds == IMAGE).sum())
     return {
-        "prompt tokens": int(ids.numel()),
-        "image tokens (<|image_pad|>)": int((ids == image_id).sum()),
-        "text and special tokens": int((ids != image_id).sum()),
-        "vision patches (14x14 px)": int(batch["image_grid_thw"].prod(-1).sum()),
+        "prompt tokens": len(prompt.kinds),
+        "image tokens (<|image_pad|>)": image,
+        "text and special tokens": len(prompt.kinds) - image,
+        "vision patches (14x14 px)": int(prompt.grid_thw.prod(-1).sum()),
     }
 
 
@@ -76,15 +75,10 @@ def question_for(specimen, text: str | None) -> str:
     return text
 
 
-def answer(specimen, prompt) -> str:
-    """The model's greedy answer to ``prompt``, decoded for people (no byte-level symbols, no special tokens).
-
-    The toy answers with one token and was not trained to stop, so only its first token is its answer.
-    """
-    new_tokens = 1 if specimen.kind == "toy" else ANSWER_TOKENS
-    with torch.no_grad():
-        sequence = specimen.model.generate(**prompt, max_new_tokens=new_tokens, do_sample=False)
-    return specimen.processor.tokenizer.decode(sequence[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+def answer(specimen, trace: Trace) -> str:
+    """The greedy answer ``generate_traced`` produced, decoded for people (no byte-level symbols, no special
+    tokens such as the ``<|im_end|>`` that ends the turn)."""
+    return specimen.processor.tokenizer.decode(trace.sequence[0, trace.prompt_length:], skip_special_tokens=True)
 
 
 def dissect(image, source: str = "toy", out: str | Path | None = None, text: str | None = None,
@@ -108,14 +102,15 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     recording = record_attention(specimen, prompt, [full_block])
     with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
         specimen.model(**prompt)
+    trace = generate_traced(specimen, prompt, ANSWER_TOKENS, keep=("attention",))  # one generation: answer and figure
     drawn = vision_figures(specimen, prompt, cache, maps) | {
         "residual_norms": residual_norms_figure(cache),
-        "answer_attention": answer_attention_figure(specimen, prompt),
+        "answer_attention": traced_answer_figure(specimen, prompt, trace),
     }
     lines = [repr(specimen), *([note] if note else []), "", f"question: {question}",
-             f"answer:   {answer(specimen, prompt)}", ""]
-    lines += [f"{key:<30} {value}" for key, value in token_counts(specimen, prompt).items()]
-    lines += ["", cache.summary(), ""] + _parameter_lines(specimen)
+             f"answer:   {answer(specimen, trace)}", ""]
+    lines += [f"{key:<30} {value}" for key, value in token_counts(prompt).items()]
+    lines += ["", cache.summary(), "", str(count_parameters(specimen))]
     if out is not None:
         lines += ["", *save_figures(drawn, out)]
     return "\n".join(lines)
@@ -152,7 +147,7 @@ def job_bytes(config, prompt, full_block: int) -> dict[str, int]:
     vision_values += patches // vision.spatial_merge_size**2 * vision.out_hidden_size
     decoder_values = seq * text.num_hidden_layers * text.hidden_size
     attention = estimate_bytes(prompt.grid_thw, vision, [full_block], 1)  # head mean + one head's scores
-    return {"captured activations": 4 * (vision_values + decoder_values),
+    return {"captured activations": FLOAT_BYTES * (vision_values + decoder_values),
             f"vision attention map (block {full_block})": attention}  # fmt: skip
 
 
@@ -181,10 +176,6 @@ def vision_figures(specimen, prompt, cache, maps) -> dict:
         f"vision_attention_block{block}": patch_attention_figure(maps, prompt, block, rows // 2, cols // 2),
         "merged_tokens": token_map_figure(cache["vision.merger.output"], prompt, "merger output, 3 principal axes"),
     }
-
-
-def _parameter_lines(specimen) -> list[str]:
-    return [str(count_parameters(specimen))]
 
 
 def save_figures(drawn: dict, out: str | Path) -> list[str]:

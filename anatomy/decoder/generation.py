@@ -125,7 +125,12 @@ def _image_shares(specimen, sequence, attention: AttentionRows) -> list[list[flo
 
 def answer_attention_figure(specimen, prompt, max_new_tokens: int = 4, layers=None) -> Figure:
     """Attention of the rows that produced the answer on the image, averaged over layers, heads and answer tokens."""
-    trace = generate_traced(specimen, prompt, max_new_tokens, keep=("attention",), layers=layers)
+    return traced_answer_figure(specimen, prompt, generate_traced(specimen, prompt, max_new_tokens,
+                                                                  keep=("attention",), layers=layers))
+
+
+def traced_answer_figure(specimen, prompt, trace: Trace) -> Figure:
+    """``answer_attention_figure`` of an answer already generated with ``keep=("attention",)``."""
     figure = image_attention_figure(trace.attention, prompt)
     answer = specimen.processor.tokenizer.decode(trace.sequence[0, trace.prompt_length:])
     figure.suptitle(f"answer {drawable(repr(answer[:40]))}: where its tokens looked", fontsize=9)
