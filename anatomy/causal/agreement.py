@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.causal.batches import fast_vision, model_inputs, toy_batch
-from anatomy.causal.patching import Sweep, changed_cells
+from anatomy.causal.patching import Sweep
 from anatomy.toy.evaluate import eager
 from anatomy.toy.task import Sample
 
@@ -46,7 +46,7 @@ class Agreement:
 def agreement(sweep: Sweep, attention: np.ndarray, layer: int) -> Agreement:
     """Compare decoder ``layer``'s attention with the effect of patching each cell at that layer's input."""
     site = sweep.sites.index(f"decoder.layers.{layer}.input")
-    changed = np.stack([changed_cells(s, c) for s, c in zip(sweep.samples, sweep.counterfactuals)])  # (Q, 16)
+    changed = sweep.changed  # (Q, 16)
     look = attention[layer] / attention[layer].sum(-1, keepdims=True)
     effect = np.clip(sweep.effects[:, site, :-1], 0, None)
     effect = effect / np.maximum(effect.sum(-1, keepdims=True), 1e-9)

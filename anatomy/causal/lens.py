@@ -19,7 +19,9 @@ from matplotlib.figure import Figure
 from anatomy.causal.batches import toy_batch
 from anatomy.causal.probes import cell_features
 from anatomy.decoder.logit_lens import lens_logits
+from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers
+from anatomy.processor import one_line
 from anatomy.toy.encode import answer_tokens
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample
@@ -66,7 +68,8 @@ def lens_figure(lens: ImageLens, picture: int = 0) -> Figure:
         axis.set_xlim(-0.5, GRID - 0.5)
         axis.set_ylim(GRID - 0.5, -0.5)
         for cell, token in enumerate(lens.top[layer, picture]):
-            axis.text(cell % GRID, cell // GRID, _shown(token), ha="center", va="center", fontsize=7)
+            shown = drawable(one_line(token.strip() or token), 8)
+            axis.text(cell % GRID, cell // GRID, shown, ha="center", va="center", fontsize=7)
         axis.set_title(f"after decoder layer {layer}\ncolour word right on {lens.colour_hits[layer]:.0%} of objects",
                        fontsize=8)
         axis.grid(False)
@@ -74,9 +77,3 @@ def lens_figure(lens: ImageLens, picture: int = 0) -> Figure:
             axis.axhline(edge - 0.5, color="grey", lw=0.5)
             axis.axvline(edge - 0.5, color="grey", lw=0.5)
     return figure
-
-
-def _shown(token: str) -> str:
-    """A token as drawn: stripped, at most 8 characters, and '·' for text the figure's font cannot draw."""
-    text = token.strip() or repr(token)[1:-1]
-    return text[:8] if text.isascii() and text.isprintable() else "·"

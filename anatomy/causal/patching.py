@@ -17,6 +17,7 @@ the 16 cells, one more column patches the answer position itself (decoder sites 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from anatomy.causal.batches import (
 from anatomy.causal.edits import Recording, patch, record
 from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers, vision_blocks
+from anatomy.processor import one_line
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import Sample
 
@@ -72,15 +74,25 @@ class Sweep:
     forward_passes: int
     seconds: float
 
+    @functools.cached_property
+    def changed(self) -> np.ndarray:
+        """``(questions, 16)`` bool: the cells where each clean picture and its counterfactual differ."""
+        return np.stack([changed_cells(s, c) for s, c in zip(self.samples, self.counterfactuals)])
+
     def on(self, region: str) -> np.ndarray:
         """``(questions, sites)``: mean effect on the ``"changed"`` cells (where the two pictures differ),
         the ``"other"`` cells, or the ``"answer"`` position."""
         if region == "answer":
             return self.effects[:, :, -1]
-        masks = np.stack([changed_cells(s, c) for s, c in zip(self.samples, self.counterfactuals)])  # (Q, 16)
-        chosen = masks if region == "changed" else ~masks
+        chosen = self.changed if region == "changed" else ~self.changed
         cells = self.effects[:, :, :-1]
         return (cells * chosen[:, None]).sum(-1) / chosen.sum(-1)[:, None]
+
+
+def short_site(name: str) -> str:
+    """A site's name for a crowded axis: ``decoder.layers.1.input`` -> ``dec 1.input``, ``vision.blocks.2.output``
+    -> ``vis 2.output``."""
+    return name.replace("decoder.layers.", "dec ").replace("vision.blocks.", "vis ")
 
 
 def changed_cells(clean: Sample, corrupted: Sample) -> np.ndarray:
@@ -192,7 +204,7 @@ def sweep_figure(sweep: Sweep, question: int = 0) -> Figure:
     for ax, name, effect in zip(axes[2:], sites, sweep.effects[question]):
         shown = ax.imshow(effect[:-1].reshape(GRID, GRID), cmap="RdBu_r", vmin=-1, vmax=1)
         answer = "" if np.isnan(effect[-1]) else f"\nanswer pos. {effect[-1]:+.2f}"
-        ax.set_title(f"{name.replace('decoder.layers.', 'dec ').replace('vision.blocks.', 'vis ')}{answer}", fontsize=8)
+        ax.set_title(f"{short_site(name)}{answer}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     figure.colorbar(shown, ax=axes[-1], label="effect (1 = flipped)")
@@ -210,7 +222,7 @@ def profile_figure(sweeps: dict[str, Sweep]) -> Figure:
             ax.plot(x, sweep.on(region).mean(0), style, label=f"{region} cells")
         decoder = [i for i, name in enumerate(sweep.sites) if name.startswith("decoder.")]
         ax.plot(x[decoder], sweep.on("answer")[:, decoder].mean(0), "-^", label="answer position")
-        ax.set_xticks(x, [n.replace("decoder.layers.", "dec ").replace("vision.blocks.", "vis ") for n in sweep.sites],
+        ax.set_xticks(x, [short_site(n) for n in sweep.sites],
                       rotation=60, fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(f"{kind} questions ({len(sweep.samples)})", fontsize=9)
@@ -285,7 +297,7 @@ def position_figure(sweep: PositionSweep, question: int = 0) -> Figure:
     axis = figure.subplots()
     colours = ["tab:orange" if label.startswith("img") else "tab:blue" for label in labels]
     axis.bar(np.arange(len(labels)), effects, color=colours)
-    ticks = [drawable(repr(label)[1:-1])[:10] for label in labels]
+    ticks = [drawable(one_line(label), 10) for label in labels]
     axis.set_xticks(np.arange(len(labels)), ticks, rotation=90, fontsize=6)
     axis.set_ylabel("effect (1 = flipped)")
     axis.set_title(f"{sweep.samples[question].question!r}: patching one position at {sweep.site} "

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from anatomy.capture import capture
 from anatomy.causal.batches import fast_vision, model_inputs, toy_batch
+from anatomy.causal.patching import short_site
 from anatomy.model import decoder_layers, vision_blocks
 from anatomy.toy.shapes import GRID, SHAPES
 from anatomy.toy.task import COLOURS, Sample, sample
@@ -128,8 +129,7 @@ def probe_figure(result: ProbeResult) -> Figure:
     figure = Figure(figsize=(11, 3.2), layout="constrained")
     axes = figure.subplots(1, len(PROPERTIES), sharey=True)
     x = np.arange(len(result.sites))
-    labels = [s.replace("vision.blocks.", "vis ").replace("decoder.layers.", "dec ").replace(".output", "")
-              .replace("vision.merger", "merger") for s in result.sites]
+    labels = [short_site(s).replace(".output", "").replace("vision.merger", "merger") for s in result.sites]
     for axis, p in zip(axes, PROPERTIES):
         axis.plot(x, result.accuracy[p], "-o", label="trained toy")
         axis.plot(x, result.control[p], "--s", label="random init")

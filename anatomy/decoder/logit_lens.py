@@ -71,9 +71,9 @@ def lens_figure(lens, labels: list[str]) -> Figure:
     shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0)
     for (layer, position), value in np.ndenumerate(probs):
         ink = "white" if value > probs.max() / 2 else "black"  # readable on dark cells too
-        label = drawable(one_line(lens[layer][position][0][0]))[:14]
+        label = drawable(one_line(lens[layer][position][0][0]), 14)
         axis.text(position, layer, label, ha="center", va="center", fontsize=8, color=ink)
-    axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label))[:12] for label in labels], rotation=30)
+    axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label), 12) for label in labels], rotation=30)
     axis.set_yticks(np.arange(len(lens)))
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")
     figure.colorbar(shown, ax=axis, label="probability")
@@ -126,10 +126,10 @@ def steps_figure(steps: LensSteps, step: int) -> Figure:
     for j in range(step + 1):
         for layer in range(layers):
             token, value = steps.lens[j][layer][0]
-            axis.text(j, layer, drawable(repr(token))[:12], ha="center", va="center", fontsize=8,
+            axis.text(j, layer, drawable(repr(token), 12), ha="center", va="center", fontsize=8,
                       color="white" if value > 0.5 else "black")
     axis.add_patch(Rectangle((step - 0.5, -0.5), 1, layers, fill=False, ec="tab:red", lw=2))
-    axis.set_xticks(np.arange(len(steps.tokens)), [drawable(f"{j}: {t!r}")[:14] if j <= step else str(j)
+    axis.set_xticks(np.arange(len(steps.tokens)), [drawable(f"{j}: {t!r}", 14) if j <= step else str(j)
                                                    for j, t in enumerate(steps.tokens)], rotation=20)
     axis.set_yticks(np.arange(layers))
     said = "".join(steps.tokens[: step + 1])

@@ -24,16 +24,25 @@ def _default_font() -> ft2font.FT2Font:
     return ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
 
 
-def drawable(text: str) -> str:
-    """``text`` with each character that matplotlib's default font lacks written as its ``\\uXXXX`` escape.
+def drawable(text: str, limit: int | None = None) -> str:
+    """``text`` with each character that matplotlib's default font lacks written as its ``\\uXXXX`` escape;
+    at most ``limit`` characters once written, cut between characters (never inside an escape).
 
     A token's text can be in any script; a missing glyph would be drawn as an empty box.
 
     >>> drawable(" red"), drawable("\u533a")      # a Chinese character the default font (DejaVu) lacks
     (' red', '\\\\u533a')
+    >>> drawable("\u533a\u533a", limit=8), drawable("yellow", limit=4)
+    ('\\\\u533a', 'yell')
     """
     font = _default_font()
-    return "".join(c if c.isascii() or font.get_char_index(ord(c)) else f"\\u{ord(c):04x}" for c in text)
+    written = ""
+    for c in text:
+        piece = c if c.isascii() or font.get_char_index(ord(c)) else f"\\u{ord(c):04x}"
+        if limit is not None and len(written) + len(piece) > limit:
+            break
+        written += piece
+    return written
 
 
 def principal_rgb(grid: torch.Tensor) -> np.ndarray:
