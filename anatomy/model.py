@@ -146,8 +146,9 @@ def unwrap(model, qwen: bool = True) -> nn.Module:
     return model
 
 
-def _join(parent: str, child: str) -> str:
-    return f"{parent}.{child}" if parent else child
+def join(*parts: str) -> str:
+    """A dotted module path from its parts, the empty ones (the root) left out: ``join("", "lm_head")``."""
+    return ".".join(part for part in parts if part)
 
 
 def locate(paths: Iterable[str] | nn.Module, *children: str) -> str:
@@ -158,7 +159,7 @@ def locate(paths: Iterable[str] | nn.Module, *children: str) -> str:
     paths = list(paths)
     known = set(paths)
     for path in paths:
-        if all(_join(path, child) in known for child in children):
+        if all(join(path, child) in known for child in children):
             return path
     raise ValueError(f"no module with children {children} in this model; expected a Qwen2.5-VL model")
 
@@ -197,7 +198,7 @@ def decoder_layers(model) -> nn.ModuleList:
 
 def head_path(model) -> str:
     """Module path of ``lm_head`` (``"lm_head"`` today)."""
-    return _join(locate(unwrap(model), "lm_head"), "lm_head")
+    return join(locate(unwrap(model), "lm_head"), "lm_head")
 
 
 def lm_head(model) -> nn.Module:

@@ -26,7 +26,7 @@ class Record:
 
 
 class ActivationCache:
-    """Captured tensors by site name; see ``anatomy.sites`` for every site and its shape.
+    """Captured tensors by site name; see ``anatomy.capture.sites`` for every site and its shape.
 
     ``cache[name]`` is the tensor of a site captured once (one forward pass).
     During ``generate`` a decoder site is captured once per step: use

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from anatomy.model import DECODER_CHILDREN, VISION_CHILDREN, head_path, locate, unwrap
+from anatomy.model import DECODER_CHILDREN, VISION_CHILDREN, head_path, join, locate, unwrap
 
 # Orders a captured tensor can be in along its first axis.
 PROCESSOR, WINDOW, MERGED_WINDOW, NONE = "processor", "window", "merged_window", "none"
@@ -77,30 +77,26 @@ class Site:
     order: str = NONE
 
 
-def _join(*parts: str) -> str:
-    return ".".join(part for part in parts if part)
-
-
 def _vision_sites(vision: str, depth: int) -> list[Site]:
     sites = [
-        Site("vision.pixels", _join(vision, "patch_embed"), "input", order=PROCESSOR),
-        Site("vision.patch_embed", _join(vision, "patch_embed"), order=PROCESSOR),
-        Site("vision.position_ids", _join(vision, "rotary_pos_emb"), "arg:1:position_ids", order=PROCESSOR),
-        Site("vision.rotary.cos", _join(vision, "rotary_pos_emb"), part=0, order=PROCESSOR),
-        Site("vision.rotary.sin", _join(vision, "rotary_pos_emb"), part=1, order=PROCESSOR),
+        Site("vision.pixels", join(vision, "patch_embed"), "input", order=PROCESSOR),
+        Site("vision.patch_embed", join(vision, "patch_embed"), order=PROCESSOR),
+        Site("vision.position_ids", join(vision, "rotary_pos_emb"), "arg:1:position_ids", order=PROCESSOR),
+        Site("vision.rotary.cos", join(vision, "rotary_pos_emb"), part=0, order=PROCESSOR),
+        Site("vision.rotary.sin", join(vision, "rotary_pos_emb"), part=1, order=PROCESSOR),
     ]
     for i in range(depth):
-        block = _join(vision, f"blocks.{i}")
+        block = join(vision, f"blocks.{i}")
         sites += [Site(f"vision.blocks.{i}.input", block, "input", order=WINDOW)]
         sites += [
-            Site(f"vision.blocks.{i}.{leaf}", _join(block, leaf), order=WINDOW)
+            Site(f"vision.blocks.{i}.{leaf}", join(block, leaf), order=WINDOW)
             for leaf in ("norm1", "attn.qkv", "attn", "norm2", "mlp")
         ]
         sites += [Site(f"vision.blocks.{i}.output", block, order=WINDOW)]
-    merger = _join(vision, "merger")
+    merger = join(vision, "merger")
     return sites + [
         Site("vision.merger.input", merger, "input", order=WINDOW),
-        Site("vision.merger.ln_q", _join(merger, "ln_q"), order=WINDOW),
+        Site("vision.merger.ln_q", join(merger, "ln_q"), order=WINDOW),
         Site("vision.merger.output", merger, order=MERGED_WINDOW),
     ]
 
@@ -110,21 +106,21 @@ _ATTENTION_LEAVES = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", 
 
 def _decoder_sites(decoder: str, layers: int) -> list[Site]:
     sites = [
-        Site("decoder.embed_tokens", _join(decoder, "embed_tokens")),
-        Site("decoder.inputs_embeds", _join(decoder, "layers.0"), "input"),
-        Site("decoder.position_ids", _join(decoder, "rotary_emb"), "arg:1:position_ids"),
-        Site("decoder.rotary.cos", _join(decoder, "rotary_emb"), part=0),
-        Site("decoder.rotary.sin", _join(decoder, "rotary_emb"), part=1),
+        Site("decoder.embed_tokens", join(decoder, "embed_tokens")),
+        Site("decoder.inputs_embeds", join(decoder, "layers.0"), "input"),
+        Site("decoder.position_ids", join(decoder, "rotary_emb"), "arg:1:position_ids"),
+        Site("decoder.rotary.cos", join(decoder, "rotary_emb"), part=0),
+        Site("decoder.rotary.sin", join(decoder, "rotary_emb"), part=1),
     ]
     for i in range(layers):
-        layer = _join(decoder, f"layers.{i}")
+        layer = join(decoder, f"layers.{i}")
         sites += [Site(f"decoder.layers.{i}.input", layer, "input")]
-        sites += [Site(f"decoder.layers.{i}.{leaf}", _join(layer, leaf)) for leaf in _ATTENTION_LEAVES]
-        sites += [Site(f"decoder.layers.{i}.self_attn", _join(layer, "self_attn"), part=0)]
-        sites += [Site(f"decoder.layers.{i}.{leaf}", _join(layer, leaf))
+        sites += [Site(f"decoder.layers.{i}.{leaf}", join(layer, leaf)) for leaf in _ATTENTION_LEAVES]
+        sites += [Site(f"decoder.layers.{i}.self_attn", join(layer, "self_attn"), part=0)]
+        sites += [Site(f"decoder.layers.{i}.{leaf}", join(layer, leaf))
                   for leaf in ("post_attention_layernorm", "mlp")]
         sites += [Site(f"decoder.layers.{i}.output", layer)]
-    return sites + [Site("decoder.norm", _join(decoder, "norm"))]
+    return sites + [Site("decoder.norm", join(decoder, "norm"))]
 
 
 def site_table(model: nn.Module) -> dict[str, Site]:
@@ -140,11 +136,11 @@ def site_table(model: nn.Module) -> dict[str, Site]:
 
 def _module_site(path: str, vision: str) -> Site:
     """A site for a raw module path: its output, in the order its vision stage computes."""
-    if path.startswith(_join(vision, "blocks.")) or path.startswith(_join(vision, "merger.ln_q")):
+    if path.startswith(join(vision, "blocks.")) or path.startswith(join(vision, "merger.ln_q")):
         return Site(path, path, order=WINDOW)
-    if path == _join(vision, "merger"):
+    if path == join(vision, "merger"):
         return Site(path, path, order=MERGED_WINDOW)
-    if path.startswith(_join(vision, "patch_embed")):
+    if path.startswith(join(vision, "patch_embed")):
         return Site(path, path, order=PROCESSOR)
     return Site(path, path)
 

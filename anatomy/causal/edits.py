@@ -29,7 +29,6 @@ import torch
 from anatomy.capture import capture
 from anatomy.model import unwrap
 
-KINDS = ("zero", "mean", "patch")
 Cell = tuple[int, int]
 
 

@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from torch import nn
 
 from anatomy.lab.tables import Table
-from anatomy.model import PUBLISHED_SIZES, skeleton, tower_paths, unwrap
+from anatomy.model import PUBLISHED_SIZES, head_path, skeleton, tower_paths, unwrap
 
 VISION_COMPONENTS = ("patch embedding", "vision blocks", "merger")
 COMPONENTS = (*VISION_COMPONENTS, "token embedding", "decoder layers", "final norm", "lm_head")
@@ -101,7 +101,7 @@ def count_parameters(model) -> ParameterTable:
 def _prefixes(model: nn.Module) -> dict[str, str]:
     """``{component: module path}``, found by structure, not by a hard-wired layout."""
     vision, decoder = tower_paths(model).values()
-    head = next(path for path, module in model.named_modules() if module is model.get_output_embeddings())
+    head = head_path(model)
     return {
         "patch embedding": f"{vision}.patch_embed",
         "vision blocks": f"{vision}.blocks",

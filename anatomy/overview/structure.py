@@ -26,7 +26,7 @@ from html import escape
 from importlib import resources
 
 from anatomy.lab.tables import Table
-from anatomy.model import tower_paths, unwrap
+from anatomy.model import join, tower_paths, unwrap
 
 # Why a class name changed between transformers 4.49 and today; keyed by (4.49 class, today's class).
 CLASS_NOTES = {
@@ -106,7 +106,7 @@ def parse_tree(text: str) -> dict[str, TreeNode]:
         match = _CHILD.match(line)
         if match is None:
             raise ValueError(f"cannot read line {line!r}; expected '(name): ClassName(...)' or ')'")
-        paths = [_join(parent, key) for parent in stack[-1] for key in _keys(match["key"])]
+        paths = [join(parent, key) for parent in stack[-1] for key in _keys(match["key"])]
         opens = match["rest"] == ""
         for path in paths:
             nodes[path] = TreeNode(path, match["cls"], "" if opens else match["rest"][:-1])
@@ -121,10 +121,6 @@ def _keys(key: str) -> list[str]:
     if dash and first.isdigit() and last.isdigit():
         return [str(i) for i in range(int(first), int(last) + 1)]
     return [key]
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
 
 
 def model_tree(model) -> dict[str, TreeNode]:
@@ -263,5 +259,3 @@ def _tag(op: str, left: str, right: str) -> str:
         return "~"
     return "-" if left else "+"
 
-
-# Shared by parameters.py and tokens.py: what a public function accepts, and how its tables show.

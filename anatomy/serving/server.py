@@ -29,7 +29,6 @@ tells (a one-token request with a timeout), ``restart()`` clears it.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import shutil
@@ -43,7 +42,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from anatomy.sources import Specimen, load
+from anatomy.model import Specimen
+from anatomy.serving.client import ServingError, post_chat
+from anatomy.serving.payload import chat_payload
+from anatomy.sources import load
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SCRATCH_PREFIX = "anatomy-serve-"  # + the owner's pid + "-": a copy whose owner is dead can be swept
@@ -206,13 +208,11 @@ class LocalServer:
         """Whether the server answers a one-token chat request within ``timeout`` s (False: down or stuck)."""
         if not self.running:
             return False
-        body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-        request = urllib.request.Request(f"{self.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            post_chat(self.base_url, chat_payload(self.model, [{"role": "user", "content": "Hi"}], max_tokens=1),
+                      timeout=timeout)
+            return True
+        except (ServingError, ConnectionError, ValueError):  # down, stuck, an error status, or no JSON reply
             return False
 
     def restart(self) -> LocalServer:

@@ -44,14 +44,12 @@ class Windows:
     Attributes:
         window: window id of every patch, ``(t, rows, cols)``.
         window_order: position of every patch in the order the blocks compute, ``(t, rows, cols)``.
-        merged: merged-token index (raster over the 2x2 groups) of every patch, ``(t, rows, cols)``.
         boxes: pixel box ``(x0, y0, x1, y1)`` of every window in the resized image, ``(windows, 4)``.
         lengths: patches in every window, ``(windows,)``.
     """
 
     window: np.ndarray
     window_order: np.ndarray
-    merged: np.ndarray
     boxes: np.ndarray
     lengths: np.ndarray
 
@@ -63,15 +61,12 @@ def windows(grid_thw, vision_config) -> Windows:
     """
     t, rows, cols = _one_grid(grid_thw)
     grid = torch.tensor([[t, rows, cols]])
-    merge = vision_config.spatial_merge_size
     lengths = np.array(window_lengths(grid, vision_config))  # patches per window, in window order
     window_order = window_to_raster(grid, vision_config).numpy()  # raster patch -> its window-order position
     window = np.repeat(np.arange(len(lengths)), lengths)[window_order]
     shape = (t, rows, cols)
-    merged = (np.arange(rows)[:, None] // merge) * (cols // merge) + np.arange(cols)[None, :] // merge
-    merged = merged[None] + (np.arange(t) * (rows // merge) * (cols // merge))[:, None, None]
     window = window.reshape(shape)
-    return Windows(window, window_order.reshape(shape), merged, _boxes(window[0]), lengths)
+    return Windows(window, window_order.reshape(shape), _boxes(window[0]), lengths)
 
 
 def _boxes(window: np.ndarray) -> np.ndarray:
