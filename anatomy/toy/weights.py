@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from anatomy.toy.cache import CODE_VERSION, MANIFEST, CacheError, scratch_beside, sha256, swap_in, verify
-from anatomy.toy.embedding import GENERATOR, frozen_embedding, tensor_sha256
-from anatomy.toy.training import Log, Recipe, toy_config
+from anatomy.toy.embedding import GENERATOR, tensor_sha256
+from anatomy.toy.training import Log, Recipe, initial_model, toy_config
 
 SHIPPED = Path(str(resources.files("anatomy") / "toy" / "shipped"))
 WEIGHTS, CURVE = "model.safetensors", "curve.json"
@@ -72,25 +72,20 @@ def read_model(directory: Path, attn_implementation: str = "sdpa") -> tuple[Qwen
     facts = manifest.get("embedding")
     if not isinstance(facts, dict) or facts.get("generator") != GENERATOR:
         raise CacheError(f"{directory / MANIFEST} does not describe its embedding with generator {GENERATOR!r}")
-    config = toy_config(attn_implementation)
-    with torch.random.fork_rng(devices=[]):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    embedding = frozen_embedding(int(facts["seed"]), *model.get_input_embeddings().weight.shape, float(facts["std"]))
-    if tensor_sha256(embedding) != facts["sha256"]:
+    model = initial_model(toy_config(attn_implementation), int(facts["seed"]))  # the frozen embedding regenerated
+    embedding = tensor_sha256(model.get_input_embeddings().weight)
+    if embedding != facts["sha256"]:
         raise CacheError(
             f"the toy's frozen embedding regenerated from seed {facts['seed']} ({GENERATOR}) has sha256 "
-            f"{tensor_sha256(embedding)[:16]}..., not {facts['sha256'][:16]}... as recorded in {directory / MANIFEST}: "
+            f"{embedding[:16]}..., not {facts['sha256'][:16]}... as recorded in {directory / MANIFEST}: "
             f"this machine (numpy {np.__version__}, {platform.machine()}) computes another stream; not loading "
             "a different model"
         )
-    state = load_file(directory / WEIGHTS)
-    model.get_input_embeddings().weight.data.copy_(embedding)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(load_file(directory / WEIGHTS), strict=False)
     if unexpected or set(missing) - {EMBEDDING, "lm_head.weight"}:
         raise CacheError(
             f"{directory / WEIGHTS} does not fit the toy config: missing {missing}, unexpected {unexpected}"
         )
-    model.get_input_embeddings().weight.requires_grad_(False)
     return model.eval(), manifest
 
 

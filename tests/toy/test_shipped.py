@@ -46,14 +46,14 @@ def test_the_shipped_weights_leave_out_only_the_embedding(toy):
 
 
 def test_a_different_embedding_stream_is_one_clear_error(monkeypatch):
-    import anatomy.toy.weights as weights
+    import anatomy.toy.training as training  # read_model regenerates the embedding through initial_model
 
     def shifted(*args):
         table = frozen_embedding(*args)
         table[0, 0] = torch.nextafter(table[0, 0], torch.tensor(1.0))  # one value off by one float32 ulp
         return table
 
-    monkeypatch.setattr(weights, "frozen_embedding", shifted)
+    monkeypatch.setattr(training, "frozen_embedding", shifted)
     with pytest.raises(CacheError, match="frozen embedding regenerated from seed 0") as error:
         read_model(SHIPPED)
     assert "\n" not in str(error.value)
