@@ -40,16 +40,16 @@ def forbidden(knock: Knockout, layout: Layout, config) -> torch.Tensor:
     return queries[:, :, None] & keys[:, None, :]
 
 
-def mask_hook(call, knock: Knockout, config):
-    """Pre-hook on ``self_attn``: add the knockout to its attention mask (prefill only)."""
+def mask_hook(call, layer: int):
+    """Pre-hook on decoder ``layer``'s ``self_attn``: add its knockouts (``call.forbid[layer]``, built once per
+    prompt) to its attention mask (prefill only)."""
 
     def before(module, args, kwargs):
         if not call.active:
             return None
-        forbid = forbidden(knock, call.layout, config)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        forbid = forbid.to(hidden.device)[:, None]  # (B, 1, L, L)
+        forbid = call.forbid[layer].to(hidden.device)[:, None]  # (B, 1, L, L)
         if mask is None:  # sdpa without padding: causal only
             length = hidden.shape[1]
             mask = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()[None, None]

@@ -21,7 +21,7 @@ is a prefill.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ class _Call:
     layout: Layout | None = None
     grid: torch.Tensor | None = None
     active: bool = False
+    forbid: dict[int, torch.Tensor] = field(default_factory=dict)  # decoder layer -> its knockouts' (B, L, L)
 
 
 @contextlib.contextmanager
@@ -73,10 +74,8 @@ def intervene(model, edits):
         for path, group in _by_module(planned).items():
             handles.append(_hook(bare.get_submodule(path), group, call))
         layers = decoder_layers(bare)
-        for knock in knockouts:
-            for layer in knock.layers:
-                hook = mask_hook(call, knock, bare.config)
-                handles.append(layers[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True))
+        for layer in sorted({layer for knock in knockouts for layer in knock.layers}):
+            handles.append(layers[layer].self_attn.register_forward_pre_hook(mask_hook(call, layer), with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -149,8 +148,11 @@ def _on_call(model: nn.Module, call: _Call, planned: list[_Planned], knockouts: 
         for p in planned:
             if p.site.order == NONE:
                 p.mask = _decoder_mask(p, call.layout, model.config)
+        call.forbid = {}  # built once per prompt (and its cells and positions checked), read by every layer's hook
         for knock in knockouts:
-            forbidden(knock, call.layout, model.config)  # checks cells and positions now
+            forbid = forbidden(knock, call.layout, model.config).to(input_ids.device)
+            for layer in knock.layers:
+                call.forbid[layer] = call.forbid[layer] | forbid if layer in call.forbid else forbid
 
     return prepare
 
