@@ -21,9 +21,10 @@ from results import write_section
 
 import anatomy
 from anatomy.causal import intervene, patch, record
-from anatomy.causal.batches import fast_vision, toy_batch
+from anatomy.causal.batches import toy_batch
 from anatomy.causal.patching import patching_sweep, residual_sites
 from anatomy.toy import sample
+from anatomy.toy.kernels import fast_training
 
 
 def one_row_seconds(spec, question, sites: list[str], repeats: int = 6) -> float:
@@ -31,7 +32,7 @@ def one_row_seconds(spec, question, sites: list[str], repeats: int = 6) -> float
     batch = {k: v for k, v in toy_batch(spec, [question]).items() if k != "labels"}
     source = record(spec, batch, sites)
     times = []
-    with fast_vision(spec.model):
+    with fast_training(spec.model):
         for i in range(repeats):
             edit = patch(sites[i % len(sites)], source, cells=[(i % 4, i // 4)])
             start = time.perf_counter()

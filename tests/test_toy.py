@@ -181,6 +181,21 @@ def test_fast_training_leaves_unequal_windows_to_the_stock_loop():
     assert torch.allclose(fast, stock, atol=1e-5)
 
 
+def test_fast_training_nests_and_the_outer_block_restores():
+    """An experiment inside another (a sweep's helper inside the sweep) keeps the shortcuts until the outer exit."""
+    from anatomy.toy.kernels import fast_training
+    from anatomy.toy.training import initial_model
+
+    model = initial_model(toy_config(), 0)
+    visual = model.model.visual
+    modules = [visual.patch_embed, *(block.attn for block in visual.blocks)]
+    with fast_training(model):
+        with fast_training(model):
+            pass
+        assert all("forward" in vars(module) for module in modules)  # the inner exit left them swapped
+    assert not any("forward" in vars(module) for module in modules)  # the outer exit restored the stock forwards
+
+
 def test_layouts_give_the_stock_positions_logits_and_gradients(processor):
     """Precomputed layouts: the rotary positions equal get_rope_index on the padded batch, and hidden
     states and every gradient equal the stock forward's, bit for bit; the cache serves repeated layouts."""

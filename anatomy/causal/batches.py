@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anatomy.causal.interventions import intervene
-from anatomy.model import multimodal, vision_tower
+from anatomy.model import multimodal
 from anatomy.toy.encode import encode
 from anatomy.toy.kernels import fast_training
 from anatomy.toy.shapes import GRID
@@ -88,7 +87,7 @@ def take(batch: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
 
 def image_tokens(spec, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The merger's output for each picture of ``batch``: one ``(tokens, D)`` tensor per picture."""
-    with torch.no_grad(), fast_vision(spec.model):
+    with torch.no_grad(), fast_training(spec.model):
         return multimodal(spec).get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
 
 
@@ -98,19 +97,6 @@ def with_image_tokens(batch: dict[str, torch.Tensor], images: tuple[torch.Tensor
     picked = {k: v[torch.as_tensor(list(rows), device=v.device)] for k, v in batch.items() if k != "pixel_values"}
     pooled = BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])
     return {**picked, "mm_encoder_outputs": {"image": pooled}}
-
-
-@contextmanager
-def fast_vision(model):
-    """The toy's exact vision shortcuts (equal windows in one sdpa call, the patch embedding as one matmul).
-
-    Re-entrant: inside another ``fast_vision`` block it changes nothing.
-    """
-    if "forward" in vars(vision_tower(model).patch_embed):  # already swapped in
-        yield model
-        return
-    with fast_training(model):
-        yield model
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,6 @@ from anatomy.causal.batches import (
     answer_logits,
     chunks,
     counterfactual,
-    fast_vision,
     image_tokens,
     model_inputs,
     take,
@@ -40,6 +39,7 @@ from anatomy.causal.edits import Recording, patch, record
 from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers, vision_blocks
 from anatomy.processor import one_line
+from anatomy.toy.kernels import fast_training
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import Sample
 
@@ -109,7 +109,7 @@ def patching_sweep(spec, samples: list[Sample], sites: list[str] | None = None, 
 
     Rows of one forward pass are copies of clean questions, each with its own patch. Copies that
     patch a decoder site reuse the clean pictures' image tokens (the vision tower runs once per
-    picture, not once per copy); every pass uses the toy's exact vision shortcuts (``fast_vision``).
+    picture, not once per copy); every pass uses the toy's exact vision shortcuts (``fast_training``).
     """
     start = time.perf_counter()
     sites = sites or residual_sites(spec)
@@ -117,7 +117,7 @@ def patching_sweep(spec, samples: list[Sample], sites: list[str] | None = None, 
     variants = [(q, s, k) for q in range(len(samples)) for s in range(len(sites)) for k in range(len(columns))
                 if not (columns[k][0] == "answer" and sites[s].startswith("vision."))]
     effects = np.full((len(samples), len(sites), len(columns)), np.nan)
-    with fast_vision(spec.model):
+    with fast_training(spec.model):
         base = _baseline(spec, samples, sites)
         passes = _BASELINE_PASSES
         for in_vision in (True, False):
@@ -257,7 +257,7 @@ class PositionSweep:
 
 def position_sweep(spec, samples: list[Sample], site: str, batch_size: int = 512) -> PositionSweep:
     """Patch each prompt position of ``site`` (a decoder site) from each counterfactual into its clean run."""
-    with fast_vision(spec.model):
+    with fast_training(spec.model):
         base = _baseline(spec, samples, site)
         length = base.clean["input_ids"].shape[1]
         real = base.clean["attention_mask"].bool().cpu().numpy()

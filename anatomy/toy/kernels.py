@@ -40,9 +40,13 @@ from anatomy.model import multimodal, vision_tower
 
 @contextmanager
 def fast_training(model):
-    """Swap in ``windows_as_batch`` and ``conv_as_matmul`` on ``model``'s vision tower; restore on exit."""
+    """Swap in ``windows_as_batch`` and ``conv_as_matmul`` on ``model``'s vision tower; restore on exit.
+
+    Re-entrant: a module already swapped (by an enclosing block) is left to the block that swapped it.
+    """
     visual = vision_tower(model)
-    swapped = [(block.attn, windows_as_batch) for block in visual.blocks] + [(visual.patch_embed, conv_as_matmul)]
+    wanted = [(block.attn, windows_as_batch) for block in visual.blocks] + [(visual.patch_embed, conv_as_matmul)]
+    swapped = [(module, forward) for module, forward in wanted if "forward" not in vars(module)]
     for module, forward in swapped:
         module.forward = types.MethodType(forward, module)
     try:
