@@ -114,6 +114,11 @@ class ActivationCache:
 def _permutation(grid_thw: torch.Tensor, vision_config, kind: str, order: str) -> torch.Tensor:
     if order == "window":  # only processor-order sites get here: processor -> window
         return orders.processor_to_window(grid_thw, vision_config)
+    return to_raster(kind, grid_thw, vision_config)
+
+
+def to_raster(kind: str, grid_thw: torch.Tensor, vision_config) -> torch.Tensor:
+    """``perm`` with ``raster = computed[perm]`` for a vision site computed in order ``kind`` (``Site.order``)."""
     if kind == PROCESSOR:
         return orders.processor_to_raster(grid_thw, vision_config.spatial_merge_size)
     if kind == WINDOW:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from anatomy.capture import orders
-from anatomy.capture.sites import MERGED_WINDOW, PROCESSOR, WINDOW, Site
+from anatomy.capture.cache import to_raster
+from anatomy.capture.sites import MERGED_WINDOW, Site
 from anatomy.causal.edits import Cell, Layout
 
 
@@ -110,10 +110,7 @@ def vision_mask(site: Site, grid_thw: torch.Tensor, config, cells=None, patches=
             part[:] = True
         parts[tuple(grid_thw[k].tolist())] = part
     per_image = [parts[tuple(g)] for g in grid_thw.tolist()]
-    if len(parts) == 1:  # one grid: (images, N per image)
-        raster = (torch.stack(per_image) & chosen[:, None]).reshape(-1)
-    else:
-        raster = torch.cat(per_image) & torch.repeat_interleave(chosen, torch.tensor([len(p) for p in per_image]))
+    raster = torch.cat(per_image) & torch.repeat_interleave(chosen, torch.tensor([len(p) for p in per_image]))
     return _to_model_order(raster, site, grid_thw, vision)
 
 
@@ -126,15 +123,9 @@ def _to_model_order(raster: torch.Tensor, site: Site, grid_thw: torch.Tensor, vi
     """A raster-order mask -> the order ``site`` is computed in (``raster = model[perm]``)."""
     key = (site.order, grid_thw.numpy().tobytes(), vision.spatial_merge_size, vision.window_size, vision.patch_size)
     if key not in _INVERSE:
-        if site.order == PROCESSOR:
-            perm = orders.processor_to_raster(grid_thw, vision.spatial_merge_size)
-        elif site.order == WINDOW:
-            perm = orders.window_to_raster(grid_thw, vision)
-        else:
-            perm = orders.merged_window_to_raster(grid_thw, vision)
         if len(_INVERSE) > 64:
             _INVERSE.clear()
-        _INVERSE[key] = torch.argsort(perm)  # model[j] = raster[inverse[j]]
+        _INVERSE[key] = torch.argsort(to_raster(site.order, grid_thw, vision))  # model[j] = raster[inverse[j]]
     return raster[_INVERSE[key]]
 
 
