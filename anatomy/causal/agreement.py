@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from anatomy.causal.batches import model_inputs, toy_batch
 from anatomy.causal.patching import Sweep
-from anatomy.toy.evaluate import eager
+from anatomy.toy.evaluate import cell_rows, eager
 from anatomy.toy.kernels import fast_training
 from anatomy.toy.task import Sample
 
@@ -27,11 +27,9 @@ from anatomy.toy.task import Sample
 def cell_attention(spec, samples: list[Sample]) -> np.ndarray:
     """``(layers, questions, 16)``: the answer position's attention to each image cell, mean over heads."""
     batch = model_inputs(toy_batch(spec, samples))
-    image = batch["input_ids"] == spec.config.image_token_id  # (B, L), 16 per row, raster order
     with torch.no_grad(), eager(spec.model), fast_training(spec.model):
         attentions = spec.model(**batch, output_attentions=True, logits_to_keep=1).attentions
-    rows = [a[:, :, -1].mean(1)[image].reshape(len(samples), -1) for a in attentions]  # (B, 16) per layer
-    return torch.stack(rows).float().cpu().numpy()
+    return cell_rows(attentions, batch["input_ids"], spec.config).float().cpu().numpy()
 
 
 @dataclass

@@ -122,13 +122,21 @@ def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample],
     ``attentions``: one ``(B, heads, L', L')`` tensor per decoder layer; ``input_ids`` ``(B, L)``, the
     prompt, whose image tokens are the first ``L`` keys.
     """
-    is_image = input_ids == config.image_token_id  # (B, L), 16 per row, in raster order
-    keys = input_ids.shape[1]
-    per_cell = torch.stack([a[:, :, row, :keys].mean(1)[is_image].view(len(samples), -1) for a in attentions])
+    per_cell = cell_rows(attentions, input_ids, config, row)
     regions = torch.from_numpy(np.stack([region_map(s) for s in samples]))  # (B, 16): 0, 1 or 2
     onehot = torch.nn.functional.one_hot(regions, len(REGIONS)).float()  # (B, 16, 3)
     mass = torch.einsum("lbc,bcr->lbr", per_cell.float(), onehot)  # (layers, B, 3)
     return (mass / onehot.sum(1).clamp(min=1)).numpy()
+
+
+def cell_rows(attentions, input_ids: torch.Tensor, config, row: int = -1) -> torch.Tensor:
+    """``(layers, B, 16)``: position ``row``'s attention to each image cell (raster order), mean over heads.
+
+    ``attentions``: one ``(B, heads, L', L')`` tensor per decoder layer, whose first ``L`` keys are ``input_ids``.
+    """
+    is_image = input_ids == config.image_token_id  # (B, L), 16 per row, in raster order
+    keys = input_ids.shape[1]
+    return torch.stack([a[:, :, row, :keys].mean(1)[is_image].view(len(input_ids), -1) for a in attentions])
 
 
 def region_map(s: Sample) -> np.ndarray:
