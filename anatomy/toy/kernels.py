@@ -18,7 +18,7 @@ trained model is saved and loaded as a plain ``Qwen2_5_VLForConditionalGeneratio
   batches repeat a few layouts, so these are computed once per layout, by the
   same functions, and passed in as the precomputed inputs transformers accepts.
 
-``tests/test_toy.py`` checks values and gradients against the stock path.
+``tests/toy/test_training.py`` checks values and gradients against the stock path.
 
 >>> layouts = Layouts(model)            # doctest: +SKIP
 >>> with fast_training(model):          # doctest: +SKIP
