@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from anatomy.model import token_kinds
-from anatomy.processor import MAX_ASPECT_RATIO, PATCH_SIZE
+from anatomy.processor import FACTOR, PATCH_SIZE, check_max_pixels, check_size, resize_plan
 
 REFERENCE_QUESTION = "What is the text in the illustrate?"  # sic: the reference request's wording
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -79,11 +78,10 @@ def fit_pixels(image: Image.Image, max_pixels: int | None) -> tuple[Image.Image,
     >>> fit_pixels(Image.new("RGB", (4032, 3024)), 1003520)[0].size    # a 12.2 MP phone photo
     (1148, 840)
     """
-    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 28 * 28):
-        raise ValueError(f"max_pixels={max_pixels!r}; expected an int >= 784 (one 28x28 cell) or None (no cap)")
+    check_max_pixels(max_pixels)
     if max_pixels is None or image.width * image.height <= max_pixels:
         return image, None
-    height, width = smart_resize(image.height, image.width, 28, min_pixels=28 * 28, max_pixels=max_pixels)
+    height, width = resize_plan(image.height, image.width, FACTOR**2, max_pixels).resized
     note = (f"image of {image.width}x{image.height} px ({image.width * image.height / 1e6:.1f} MP) scaled to "
             f"{width}x{height} px to stay within max_pixels={max_pixels:,} ({max_pixels // 784} image tokens); "
             f"max_pixels (--max-pixels) sets the cap, None (0) removes it")  # fmt: skip
@@ -157,12 +155,7 @@ def _checked(image: Image.Image) -> Image.Image:
     width, height = image.size
     if width == 0 or height == 0:
         raise ValueError(f"image is empty ({height} x {width} px, height x width); expected at least 1 x 1")
-    ratio = max(width, height) / min(width, height)
-    if ratio > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"image of {height} x {width} px (height x width) has aspect ratio {ratio:.1f}; "
-            f"Qwen2.5-VL accepts at most {MAX_ASPECT_RATIO}"
-        )
+    check_size(height, width)
     return image
 
 

@@ -121,9 +121,17 @@ def check_size(height, width) -> None:
         raise ValueError(f"image size height={height!r}, width={width!r}; expected two positive integers")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(
-            f"image of {height} x {width} px (H x W) has aspect ratio {max(height, width) / min(height, width):.1f}; "
-            f"Qwen2.5-VL's smart_resize refuses an aspect ratio above {MAX_ASPECT_RATIO}"
+            f"image of {height} x {width} px (height x width) has aspect ratio "
+            f"{max(height, width) / min(height, width):.1f}; Qwen2.5-VL's smart_resize refuses an aspect ratio above "
+            f"{MAX_ASPECT_RATIO}"
         )
+
+
+def check_max_pixels(max_pixels) -> None:
+    """Refuse a pixel cap that is not an int of at least one 28x28 cell (``None``, no cap, passes)."""
+    if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool)
+                                   or max_pixels < FACTOR**2):  # fmt: skip
+        raise ValueError(f"max_pixels={max_pixels!r}; expected an int >= {FACTOR**2} (one 28x28 cell) or None (no cap)")
 
 
 def _check_bounds(min_pixels, max_pixels) -> None:
@@ -223,8 +231,7 @@ def offline_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
     ``max_pixels`` caps the pixels (so the tokens) an image may use: the released
     default lets one image cost 16,384 tokens.
     """
-    if not 0 < min_pixels <= max_pixels:
-        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
+    _check_bounds(min_pixels, max_pixels)
     common = dict(
         patch_size=PATCH_SIZE,
         temporal_patch_size=TEMPORAL_PATCH_SIZE,

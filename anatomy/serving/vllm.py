@@ -20,6 +20,7 @@ import json
 import shlex
 
 from anatomy.inputs import DEFAULT_MAX_PIXELS  # 1,003,520 px: at most 1280 image tokens, Qwen's suggested cap
+from anatomy.processor import check_max_pixels
 from anatomy.serving.payload import REFERENCE_MODEL
 
 STYLES = ("json", "reference")
@@ -54,8 +55,7 @@ def vllm_command(
         raise ValueError(f"style={style!r}; expected one of {STYLES}")
     if not (isinstance(port, int) and 0 < port < 65536):
         raise ValueError(f"port must be an int in 1..65535, got {port!r}")
-    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 28 * 28):
-        raise ValueError(f"max_pixels must be an int >= 784 (one 28x28 cell) or None, got {max_pixels!r}")
+    check_max_pixels(max_pixels)
     words = ["vllm", "serve", model, "--port", str(port), "--host", host, "--dtype", dtype,
              "--limit-mm-per-prompt", _limits(images, videos, style)]  # fmt: skip
     if style == "json" and max_pixels is not None:
