@@ -98,7 +98,7 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     question = question_for(specimen, text)
     prompt = encode(specimen, picture, question, max_pixels=None)
     full_block = block_kinds(specimen.config.vision_config).index("full")
-    check_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
+    check_job_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
     recording = record_attention(specimen, prompt, [full_block])
     with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
         specimen.model(**prompt)
@@ -151,7 +151,7 @@ def job_bytes(config, prompt, full_block: int) -> dict[str, int]:
             f"vision attention map (block {full_block})": attention}  # fmt: skip
 
 
-def check_budget(parts: dict[str, int], budget_gib: float) -> None:
+def check_job_budget(parts: dict[str, int], budget_gib: float) -> None:
     """Refuse the job (MemoryError) when the parts add up to more than ``budget_gib`` GiB."""
     total = sum(parts.values())
     if total > budget_gib * 2**30:
