@@ -35,7 +35,13 @@ def reference(tiny, batch):
 
 
 @pytest.fixture
-def silent_url():
-    """An address on 127.0.0.1 whose socket accepts connections (the kernel's backlog) and never answers."""
+def silent():
+    """A socket on 127.0.0.1 that accepts connections (the kernel's backlog) and never answers; ``(url, listener)``.
+    ``select`` on the listener tells when a connection waits in the backlog: a request has reached it."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+@pytest.fixture
+def silent_url(silent):
+    return silent[0]

@@ -32,7 +32,6 @@ import atexit
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import urllib.request
 from pathlib import Path
 
 from anatomy.model import Specimen
+from anatomy.processes import stop_group
 from anatomy.serving.client import ServingError, post_chat
 from anatomy.serving.payload import chat_payload
 from anatomy.sources import load
@@ -228,33 +228,21 @@ class LocalServer:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace`` s. Idempotent."""
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace`` s. Idempotent.
+
+        Returns once no process of the group is left, zombies included (``anatomy.processes.stop_group``);
+        one that survives is a ``RuntimeError`` naming it.
+        """
         atexit.unregister(self.stop)
-        if self.process is not None:
-            _kill_group(self.process, grace)
-            self.process = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+        try:
+            if self.process is not None:
+                process, self.process = self.process, None
+                stop_group(process, grace)
+        finally:
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     def __repr__(self) -> str:
         state = f"running, pid {self.pid}" if self.running else "stopped"
         return f"LocalServer(model={self.model!r}, base_url={self.base_url!r}, {state})"
-
-
-def _kill_group(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group led by ``process``, wait up to ``grace`` s, then SIGKILL what is left."""
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal_group(process.pid, signal.SIGKILL)  # the leader if it hung, and any child it started
-    process.wait()  # reap, so not even a zombie is left
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)  # the child leads its own group (start_new_session): pgid == its pid
-    except ProcessLookupError:
-        pass  # the group is already empty
