@@ -14,8 +14,9 @@ TimeoutError: waited 0.2 s for nothing at all
 
 ``python -m anatomy.processes suite -- COMMAND...`` runs a test suite (``make test`` does) and
 then proves that it left nothing: every process it started carries ``ANATOMY_SUITE=<run id>``
-in its environment, and every temporary file goes to a fresh ``TMPDIR`` of the run. Whatever
-is left is killed or removed, and named in one failing line.
+in its environment, and every temporary file goes to a fresh ``TMPDIR`` of the run (so suites
+run side by side do not count each other's). Whatever is left is killed or removed, and named
+in one failing line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 MARK = "ANATOMY_SUITE"  # the run id of the suite that started a process, inherited by all it starts
 KEPT_IN_TMP = ("pytest-of-",)  # pytest keeps its last few runs under its own root: not a leftover
+KEPT_RUNS = 3  # suite runs whose TMPDIR (and pytest's root in it) is kept, this one included
 PROC = Path("/proc")
 
 
@@ -159,27 +161,32 @@ def leftovers(run: str, tmp: Path) -> list[str]:
     return left
 
 
-def suite_tmp(root: str | os.PathLike | None = None) -> Path:
-    """The suite's TMPDIR, ``anatomy-suite-<uid>`` in the usual one: pytest's own root lives in it (its last
-    runs kept, with their logs and screenshots); anything else there is a leftover."""
-    tmp = Path(root or tempfile.gettempdir()) / f"anatomy-suite-{os.getuid()}"
-    tmp.mkdir(mode=0o700, exist_ok=True)
+def suite_tmp(run: str, root: str | os.PathLike | None = None, keep: int = KEPT_RUNS) -> Path:
+    """A fresh TMPDIR for suite run ``run``: ``anatomy-suite-<uid>/<run>`` in the usual one. pytest's own root
+    lives in it (its last runs kept there, with their logs and screenshots); anything else there is a leftover.
+    Of the earlier runs' folders, the newest ``keep - 1`` stay, as pytest keeps its last few runs."""
+    parent = Path(root or tempfile.gettempdir()) / f"anatomy-suite-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    earlier = sorted(parent.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in earlier[keep - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = parent / run
+    tmp.mkdir(mode=0o700)
     return tmp
 
 
 def run_suite(command: list[str], tmp: Path | None = None) -> int:
-    """Run ``command`` marked as one suite run in the suite's TMPDIR, then fail on anything it left.
-
-    Leftovers of an earlier run that was itself killed are cleared first, so each run answers for its own.
-    """
+    """Run ``command`` marked as one suite run with a TMPDIR of its own, then fail on anything it left."""
     if not command:
         raise ValueError("run_suite needs a command, e.g. ['make', 'unit']")
-    run, tmp = secrets.token_hex(6), tmp or suite_tmp()
-    leftovers(run, tmp)
+    run = secrets.token_hex(6)
+    tmp = tmp or suite_tmp(run)
     code = subprocess.call(command, env={**os.environ, MARK: run, "TMPDIR": str(tmp)})
+    start = time.monotonic()
     left = leftovers(run, tmp) if PROC.is_dir() else []
     if PROC.is_dir():
-        print(f"leftover check: {len(left)} processes or files left by the suite (run {run})", flush=True)
+        print(f"leftover check: {len(left)} processes or files left by the suite (run {run}, "
+              f"{time.monotonic() - start:.1f} s)", flush=True)
     else:
         print("leftover check skipped: needs Linux's /proc", flush=True)
     if left:

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from anatomy.processes import MARK, group_members, marked, processes, run_suite, stop_group, wait_for
+from anatomy.processes import MARK, group_members, marked, processes, run_suite, stop_group, suite_tmp, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc: Linux only")
 
@@ -97,3 +97,12 @@ def test_run_suite_passes_a_clean_command_and_keeps_pytests_root(tmp_path, capfd
     assert "0 processes or files left" in capfd.readouterr().out
     assert (tmp_path / "pytest-of-someone").is_dir()
     assert run_suite([sys.executable, "-c", "raise SystemExit(3)"], tmp=tmp_path) == 3
+
+
+def test_each_suite_run_gets_a_fresh_tmpdir_and_the_last_runs_are_kept(tmp_path):
+    folders = []
+    for index in range(5):
+        folders.append(suite_tmp(f"run{index}", root=tmp_path, keep=3))
+        os.utime(folders[-1], (1000 + index, 1000 + index))  # the newest last, whatever the clock's resolution
+    assert all(folder.parent == folders[0].parent for folder in folders)
+    assert sorted(path.name for path in folders[0].parent.iterdir()) == ["run2", "run3", "run4"]

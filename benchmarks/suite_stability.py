@@ -1,0 +1,187 @@
+"""The suite's stability: its verdicts repeated, beside one busy process, with what each run took and left.
+
+    .venv/bin/python benchmarks/suite_stability.py browser --runs 10        # the browser test, 10 times in a row
+    .venv/bin/python benchmarks/suite_stability.py suite --runs 2           # `make test` from a fresh clone, twice
+    .venv/bin/python benchmarks/suite_stability.py suite --runs 1 --idle    # once alone: the time of each part
+
+Every run is one marked suite run (``python -m anatomy.processes suite``: its processes carry a run id, its
+files go to a TMPDIR of its own, and its last step names whatever it left) beside one CPU-bound Python
+process (``while True: pass``), unless ``--idle``. A ``suite`` run clones this repository's HEAD into a
+temporary folder and runs ``make venv`` (pip reuses its cache), then ``make test``. For each run it keeps
+the verdict (exit status and pytest's counts), the wall time, each part's time (unit, doctests, notebooks,
+browser: pytest's own summary; the leftover check: its own line), the ten slowest test phases of each part
+(``--durations``), and what the run left behind. Rows go to ``suite_stability.jsonl`` beside this script
+(an interrupted series keeps what it measured); the sections *Suite stability* and *Time of make test* of
+``RESULTS.md`` are written from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from results import write_section
+
+from anatomy.processes import stop_group
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = Path(__file__).with_name("suite_stability.jsonl")
+BROWSER = ["-m", "anatomy.processes", "suite", "--", sys.executable, "-m", "pytest", "-q", "--durations=10",
+           "tests/browser"]
+PARTS = ("unit", "doctests", "notebooks", "browser")  # the pytest runs of `make test`, in order
+DURATION = re.compile(r"^(\d+\.\d+)s (setup|call|teardown)\s+(\S+)", re.M)
+SUMMARY = re.compile(r"^=*\s*(\d+ (?:passed|failed|error|errors|skipped|xfailed|deselected)\b.*?) in ([\d.]+)s", re.M)
+LEFT = re.compile(r"^leftover check: (\d+) processes or files left by the suite \(run \w+, ([\d.]+) s\)", re.M)
+LEFT_NAMES = re.compile(r"^the suite left \(now killed or removed\): (.*)$", re.M)
+
+
+def parse(log: str, parts: tuple[str, ...]) -> dict:
+    """What a run's output says: each pytest run's counts, time and ten slowest phases, named by ``parts`` in
+    order, and the leftover check's count, names and time."""
+    found, start = [], 0
+    for summary in SUMMARY.finditer(log):
+        slowest = sorted(((float(s), f"{phase} {test}") for s, phase, test in DURATION.findall(log, start,
+                                                                                             summary.start())),
+                         reverse=True)
+        found.append({"counts": summary.group(1), "seconds": float(summary.group(2)),
+                      "slowest": [f"{seconds:.1f} s {what}" for seconds, what in slowest[:10]]})
+        start = summary.end()
+    left, named = LEFT.search(log), LEFT_NAMES.search(log)
+    return {"parts": {name: part for name, part in zip(parts, found)} if len(found) == len(parts) else
+            {f"pytest {index + 1}": part for index, part in enumerate(found)},
+            "left": None if left is None else int(left.group(1)), "left_names": named.group(1) if named else "",
+            "check_seconds": None if left is None else float(left.group(2))}
+
+
+def timed(command: list[str], cwd: Path, log: Path, env: dict) -> tuple[int, float, str]:
+    """Run ``command`` with its output in ``log``: (exit status, seconds, output)."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.call(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return code, round(time.perf_counter() - start, 1), log.read_text(errors="replace")
+
+
+def browser_run(folder: Path, env: dict) -> dict:
+    code, seconds, log = timed([sys.executable, *BROWSER], REPO, folder / "browser.log", env)
+    return {"code": code, "seconds": seconds, **parse(log, ("browser",))}
+
+
+def suite_run(folder: Path, env: dict) -> dict:
+    """``make venv`` then ``make test`` in a fresh clone of HEAD."""
+    clone = folder / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    code, install, log = timed(["make", "venv"], clone, folder / "install.log", env)
+    if code == 0:
+        code, seconds, log = timed(["make", "test"], clone, folder / "test.log", env)
+    else:
+        seconds = 0.0
+    return {"code": code, "commit": commit, "install_seconds": install, "seconds": seconds, **parse(log, PARTS)}
+
+
+def measure(kind: str, runs: int, idle: bool) -> list[dict]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
+    measured = []
+    for index in range(runs):
+        with tempfile.TemporaryDirectory(prefix="suite-stability-") as root:
+            load = os.getloadavg()[0]
+            busy = None if idle else subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                                      start_new_session=True)
+            try:
+                row = (browser_run if kind == "browser" else suite_run)(Path(root), env)
+            finally:
+                if busy is not None:
+                    stop_group(busy)
+        row = {"kind": kind, "run": index + 1, "idle": idle, "load_average": round(load, 2),
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **row}
+        print(json.dumps(row), flush=True)
+        with ROWS.open("a") as rows:
+            rows.write(json.dumps(row) + "\n")
+        measured.append(row)
+    return measured
+
+
+def verdict(row: dict) -> str:
+    counts = "; ".join(f"{name}: {part['counts']}" for name, part in row["parts"].items())
+    return f"{'green' if row['code'] == 0 else 'RED (exit ' + str(row['code']) + ')'} ({counts or 'no summary'})"
+
+
+def render_stability(rows: list[dict]) -> str:
+    """One line per run of the latest series of each kind beside a busy process; "" before any."""
+    if not any(not row["idle"] for row in rows):
+        return ""
+    lines = ["Each run beside one busy process (`python -c 'while True: pass'`) on the same 2 cores; "
+             "`left` is what the run's final leftover check found (processes marked with its run id, files in "
+             "its TMPDIR outside pytest's own root). Written by `benchmarks/suite_stability.py`.", ""]
+    for kind, title in (("browser", "The browser test, in a row"), ("suite", "`make test` from a fresh clone")):
+        series = latest_series([row for row in rows if row["kind"] == kind and not row["idle"]])
+        if not series:
+            continue
+        green = sum(row["code"] == 0 for row in series)
+        lines += [f"### {title}: {green} of {len(series)} green, {sum(row['left'] or 0 for row in series)} "
+                  "leftovers in all", "",
+                  "| run | date | verdict | time (s) | left | load before |", "|---|---|---|---|---|---|"]
+        lines += [f"| {row['run']} | {row['date']} | {verdict(row)} | {row['seconds']:.0f}"
+                  f"{' (+ install ' + str(round(row['install_seconds'])) + ')' if 'install_seconds' in row else ''}"
+                  f" | {row['left']}{': ' + row['left_names'] if row['left_names'] else ''} | "
+                  f"{row['load_average']} |" for row in series]
+        slowest = max(series, key=lambda row: row["seconds"])
+        lines += ["", f"Slowest ten of the slowest run (run {slowest['run']}):", ""]
+        lines += [f"- {name}: {', '.join(part['slowest']) or 'none'}" for name, part in slowest["parts"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_time(rows: list[dict]) -> str:
+    """The latest idle `make test`: each part's time and its ten slowest test phases."""
+    idle = [row for row in rows if row["kind"] == "suite" and row["idle"]]
+    if not idle:
+        return ""
+    row = idle[-1]
+    total = row["seconds"]
+    lines = [f"`make test` alone on the machine, from a fresh clone of {row['commit']} after `make venv` "
+             f"({row['install_seconds']:.0f} s, pip's cache warm), {row['date']}; load average before "
+             f"{row['load_average']}. Verdict: {verdict(row)}.", "",
+             "| part | pytest's counts | time (s) |", "|---|---|---|"]
+    lines += [f"| {name} | {part['counts']} | {part['seconds']:.0f} |" for name, part in row["parts"].items()]
+    lines += [f"| leftover check | {row['left']} left | {row['check_seconds']} |",
+              f"| **make test, in all** (the browser finder and make's own steps included) | | **{total:.0f}** "
+              f"({total / 60:.1f} min) |", ""]
+    for name, part in row["parts"].items():
+        lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"]] + [""]
+    return "\n".join(lines)
+
+
+def latest_series(rows: list[dict]) -> list[dict]:
+    """The rows from the last run numbered 1 onwards."""
+    starts = [index for index, row in enumerate(rows) if row["run"] == 1]
+    return rows[starts[-1]:] if starts else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("browser", "suite", "report"), help="what to run ('report': write only)")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--idle", action="store_true", help="no busy process beside the runs")
+    args = parser.parse_args()
+    if args.kind != "report":
+        measure(args.kind, args.runs, args.idle)
+    rows = [json.loads(line) for line in ROWS.read_text().splitlines()] if ROWS.exists() else []
+    if stability := render_stability(rows):
+        write_section("Suite stability", stability)
+    if timing := render_time(rows):
+        write_section("Time of make test", timing)
+    print(stability or "no run beside a busy process yet", timing, sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()
