@@ -3,6 +3,8 @@
     edits          what an edit changes: ``zero``, ``mean``, ``patch``, ``knock_out``; ``record`` a source run
     select         cells, patches, positions, heads and rows -> masks in the model's own order
     interventions  ``intervene(model, edits)``: the context manager that applies them
+    metrics        what a run is worth: ``logit_diff``, ``probability``, teacher-forced ``log_prob``, ``as_metric``
+    contrast       clean and corrupted prompts, aligned by cell and position; ``check`` them with a metric
     attention_mask attention knockout as an edit of the attention mask
     batches        toy questions and their counterfactual pictures as batches; rows repeated, pictures seen once
     patching       activation patching over (residual site, image cell), and over prompt positions
@@ -14,7 +16,30 @@
     cost           what a sweep costs, from a config (the 7B on a GPU)
 """
 
+from anatomy.causal.contrast import Check, Contrast, Pair, pair
 from anatomy.causal.edits import Edit, Knockout, Layout, Recording, knock_out, mean, patch, record, zero
 from anatomy.causal.interventions import intervene
+from anatomy.causal.metrics import Metric, as_metric, log_prob, logit_diff, measure, probability
 
-__all__ = ["Edit", "Knockout", "Layout", "Recording", "intervene", "knock_out", "mean", "patch", "record", "zero"]
+__all__ = [
+    "Check",
+    "Contrast",
+    "Edit",
+    "Knockout",
+    "Layout",
+    "Metric",
+    "Pair",
+    "Recording",
+    "as_metric",
+    "intervene",
+    "knock_out",
+    "log_prob",
+    "logit_diff",
+    "mean",
+    "measure",
+    "pair",
+    "patch",
+    "probability",
+    "record",
+    "zero",
+]
