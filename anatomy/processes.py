@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARK = "ANATOMY_SUITE"  # the run id of the suite that started a process, inherited by all it starts
-KEPT_IN_TMP = ("pytest-of-",)  # pytest keeps its last few runs under its own root: not a leftover
+KEPT_IN_TMP = (  # not leftovers:
+    "pytest-of-",  # pytest's own root, where it keeps its last few runs
+    "torchinductor_",  # torch's compile cache, made (empty) when transformers' model classes are imported
+)
 KEPT_RUNS = 3  # suite runs whose TMPDIR (and pytest's root in it) is kept, this one included
 PROC = Path("/proc")
 

@@ -14,8 +14,9 @@ other name, so it is launched from DIR's parent with DIR's relative name: the
 name clients send is a short ``anatomy-tiny``, not a temporary path.
 
 The child runs in its own process group, under a watchdog (``watchdog.py``) that
-kills it and removes the temporary model copy when this process dies, even by
-SIGKILL (a Jupyter kernel restart) or SIGTERM (a CI cancel); ``stop`` (called on every
+kills it and removes its scratch folder (the temporary model copy and the server's own
+temporary files) when this process dies, even by SIGKILL (a Jupyter kernel restart) or
+SIGTERM (a CI cancel); ``stop`` (called on every
 exit of the ``with``, exceptions included, and at interpreter exit) kills the whole
 group. A copy left by an owner that died with its watchdog (``anatomy-serve-PID-*``
 in the temporary directory) is swept at the next start.
@@ -40,6 +41,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from transformers.utils import logging as transformers_logging
 
 from anatomy.model import Specimen
 from anatomy.processes import stop_group
@@ -69,7 +72,13 @@ def save_for_serving(source: str | Specimen, directory: str | os.PathLike) -> Pa
     if not specimen.has_weights:
         raise ValueError(f"source {specimen.source!r} is a {specimen.kind} without weights; nothing to serve")
     directory = Path(directory)
-    specimen.model.save_pretrained(directory)
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar: noise, frozen in a notebook
+    try:
+        specimen.model.save_pretrained(directory)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     specimen.processor.save_pretrained(directory)
     return directory
 
@@ -167,18 +176,20 @@ class LocalServer:
         return self
 
     def _root(self) -> Path:
-        if self.directory is not None:
-            return Path(self.directory)
+        """Where the model is saved: ``directory``, else the scratch folder, made here in either case: it
+        also holds the server's own temporary files (its ``TMPDIR``), so they go when it goes."""
         sweep_orphans()
         self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-        return Path(self._scratch)
+        return Path(self.directory) if self.directory is not None else Path(self._scratch)
 
     def _launch(self, root: Path) -> None:
         self.port = self.port or free_port(self.host)
         self.log_path = root / "server.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a local directory: no hub
+        tmp = Path(self._scratch) / "tmp"  # multiprocessing's pymp-* folders, which a killed server leaves
+        tmp.mkdir()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}  # no hub
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the handle
-            watched = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), self._scratch or "-"]  # -I: stdlib only
+            watched = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), self._scratch]  # -I: stdlib only
             self.process = subprocess.Popen(
                 watched + serve_command(self.model, self.host, self.port),  # relative: the name clients send
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,  # own group

@@ -9,6 +9,7 @@ import json
 import shlex
 import socket
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -189,6 +190,18 @@ def test_bad_inputs_name_the_value(tmp_path):
         LocalServer(host="0.0.0.0")
 
 
+def test_saving_for_serving_draws_no_progress_bar_and_leaves_the_setting(specimen, tmp_path, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    from anatomy.serving.server import save_for_serving
+
+    assert transformers_logging.is_progress_bar_enabled()
+    save_for_serving(specimen, tmp_path / "model")
+    assert "Writing model shards" not in capfd.readouterr().err  # it would stay at 0% in a notebook's output
+    assert transformers_logging.is_progress_bar_enabled()
+    assert (tmp_path / "model" / "config.json").exists()
+
+
 def test_vllm_command_seed_form_is_the_seeds():
     assert vllm_command(host="0.0.0.0", style="reference") == SEED_COMMAND
 
@@ -208,13 +221,20 @@ def test_failed_start_leaves_no_process(specimen):
     assert not _listening(server.port)
 
 
+def _temporary_dir(pid: int) -> str | None:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((entry[7:].decode() for entry in environ if entry.startswith(b"TMPDIR=")), None)
+
+
 def test_exit_with_an_exception_stops_the_server(served):
     """Last in the module: stops the shared server the way a failing `with` block would. Right after it
     returns, nothing of the server's group is left, not even a zombie (its "spawn" children included)."""
-    pid, port = served.pid, served.port
+    pid, port, scratch = served.pid, served.port, Path(served._scratch)
     members = group_members(pid)
     assert len(members) >= 2 and _listening(port), members  # the watchdog and transformers serve, at least
+    assert {_temporary_dir(p.pid) for p in members} == {str(scratch / "tmp")}  # multiprocessing's pymp-* go there
     served.__exit__(RuntimeError, RuntimeError("a cell failed"), None)
     assert group_members(pid) == []
+    assert not scratch.exists()
     assert not _listening(port)
     assert not served.running
