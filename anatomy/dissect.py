@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from anatomy.capture.budget import FLOAT_BYTES
+from anatomy.capture.budget import FLOAT_BYTES, check_job_budget
 from anatomy.capture.hooks import capture
 from anatomy.decoder.generation import Trace, generate_traced, traced_answer_figure
 from anatomy.inputs import DEFAULT_MAX_PIXELS, REFERENCE_QUESTION, encode, fit_pixels, load_image
@@ -98,7 +98,8 @@ def dissect(image, source: str = "toy", out: str | Path | None = None, text: str
     question = question_for(specimen, text)
     prompt = encode(specimen, picture, question, max_pixels=None)
     full_block = block_kinds(specimen.config.vision_config).index("full")
-    check_job_budget(job_bytes(specimen.config, prompt, full_block), budget_gib)
+    check_job_budget(job_bytes(specimen.config, prompt, full_block), budget_gib,
+                     "pass a smaller max_pixels (--max-pixels) or a larger budget_gib (--budget-gib)")
     recording = record_attention(specimen, prompt, [full_block])
     with torch.no_grad(), capture(specimen, list(SITES)) as cache, recording as maps:
         specimen.model(**prompt)
@@ -149,16 +150,6 @@ def job_bytes(config, prompt, full_block: int) -> dict[str, int]:
     attention = estimate_bytes(prompt.grid_thw, vision, [full_block], 1)  # head mean + one head's scores
     return {"captured activations": FLOAT_BYTES * (vision_values + decoder_values),
             f"vision attention map (block {full_block})": attention}  # fmt: skip
-
-
-def check_job_budget(parts: dict[str, int], budget_gib: float) -> None:
-    """Refuse the job (MemoryError) when the parts add up to more than ``budget_gib`` GiB."""
-    total = sum(parts.values())
-    if total > budget_gib * 2**30:
-        detail = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in parts.items())
-        raise MemoryError(f"this job would hold about {total / 2**30:.1f} GiB ({detail}), above "
-                          f"budget_gib={budget_gib:g}; pass a smaller max_pixels (--max-pixels) or a larger "
-                          f"budget_gib (--budget-gib)")  # fmt: skip
 
 
 def vision_figures(specimen, prompt, cache, maps) -> dict:

@@ -22,7 +22,8 @@ from results import write_section
 import anatomy
 from anatomy.causal import intervene, patch, record
 from anatomy.causal.batches import toy_batch
-from anatomy.causal.patching import patching_sweep, residual_sites
+from anatomy.causal.patching import patching_sweep
+from anatomy.causal.sweeps import residual_sites
 from anatomy.toy import sample
 from anatomy.toy.kernels import fast_training
 

@@ -1,4 +1,4 @@
-"""The memory budget of an attention capture, shared by the vision and decoder recorders.
+"""Memory budgets: of an attention capture (shared by the vision and decoder recorders), and of a whole job.
 
 Both recorders estimate the bytes they will materialise before any hook is set,
 and refuse with ``AttentionBudgetExceeded`` when the estimate is above ``budget_bytes``:
@@ -29,6 +29,22 @@ def check_budget(estimate: int, budget_bytes: int | None, advice: str) -> None:
             f"attention capture would materialise about {estimate:,} bytes ({estimate / 2**20:.1f} MiB), "
             f"above budget_bytes={budget_bytes:,}; {advice}"
         )
+
+
+def check_job_budget(parts: dict[str, int], budget_gib: float, advice: str) -> None:
+    """Refuse a job (``MemoryError``) whose parts (bytes each) add up to more than ``budget_gib`` GiB; the
+    message names every part, in GiB to two decimals, and ends with ``advice``.
+
+    >>> check_job_budget({"activations": 3 * 2**29, "copies": 2**29}, 1.5, "use fewer cells")
+    Traceback (most recent call last):
+    ...
+    MemoryError: this job would hold about 2.00 GiB (activations 1.50 GiB, copies 0.50 GiB), above budget_gib=1.5; use fewer cells
+    """
+    total = sum(parts.values())
+    if total > budget_gib * 2**30:
+        detail = ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in parts.items())
+        raise MemoryError(f"this job would hold about {total / 2**30:.2f} GiB ({detail}), above "
+                          f"budget_gib={budget_gib:g}; {advice}")
 
 
 def check_reduce(reduce: str) -> str:

@@ -8,6 +8,9 @@
     attention_mask attention knockout as an edit of the attention mask
     batches        toy questions and their counterfactual pictures as batches; rows repeated, pictures seen once
     patching       activation patching over (residual site, image cell), and over prompt positions
+    groups         image cells in groups: one cell, 2x2, one vision window, or pixel boxes
+    sweeps         activation patching of any contrast over (site, cell group) and (site, position), batched
+    attribution    attribution patching: every (site, group) and (site, position) from one gradient; ``compare``
     knockout       answer -> image attention blocked per decoder layer
     ablation       one decoder head zeroed at a time
     probes         linear probes on every cell at every depth, against a random-init control
@@ -16,21 +19,32 @@
     cost           what a sweep costs, from a config (the 7B on a GPU)
 """
 
+from anatomy.causal.attribution import Attribution, RankAgreement, attribution, compare, top_cells
 from anatomy.causal.contrast import Check, Contrast, Pair, pair
 from anatomy.causal.edits import Edit, Knockout, Layout, Recording, knock_out, mean, patch, record, zero
+from anatomy.causal.groups import Groups, cell_groups
 from anatomy.causal.interventions import intervene
 from anatomy.causal.metrics import Metric, as_metric, log_prob, logit_diff, measure, probability
+from anatomy.causal.sweeps import CellEffects, PositionEffects, patching_sweep, position_sweep
 
 __all__ = [
+    "Attribution",
+    "CellEffects",
     "Check",
     "Contrast",
     "Edit",
+    "Groups",
     "Knockout",
     "Layout",
     "Metric",
     "Pair",
+    "PositionEffects",
+    "RankAgreement",
     "Recording",
     "as_metric",
+    "attribution",
+    "cell_groups",
+    "compare",
     "intervene",
     "knock_out",
     "log_prob",
@@ -39,7 +53,10 @@ __all__ = [
     "measure",
     "pair",
     "patch",
+    "patching_sweep",
+    "position_sweep",
     "probability",
     "record",
+    "top_cells",
     "zero",
 ]
