@@ -57,13 +57,13 @@ def head_ablation(spec, samples: list[Sample], batch_size: int = 512) -> Ablatio
 
 def ablation_figure(result: Ablation) -> Figure:
     """One heatmap per question type: accuracy with each (layer, head) zeroed; the baseline in the title."""
-    figure = Figure(figsize=(3.6 * len(QUESTION_TYPES), 2.4), layout="constrained")
+    figure = Figure(figsize=(4.6 * len(QUESTION_TYPES), 2.8), layout="constrained")
     axes = figure.subplots(1, len(QUESTION_TYPES))
     for axis, kind in zip(axes, QUESTION_TYPES):
         grid = result.accuracy[kind]
         shown = axis.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (layer, head), value in np.ndenumerate(grid):
-            axis.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=6,
+            axis.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=9,
                       color="black" if value > 0.5 else "white")
         axis.set(xlabel="head", ylabel="decoder layer", title=f"{kind} (unablated {result.baseline[kind]:.2f})")
         axis.set_xticks(range(grid.shape[1]))

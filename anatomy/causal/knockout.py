@@ -63,7 +63,7 @@ def knockout_by_layer(spec, samples: list[Sample], batch_size: int = 512) -> Kno
 
 def knockout_figure(result: KnockoutResult) -> Figure:
     """Accuracy and logit drop per condition, one group of bars per question type."""
-    figure = Figure(figsize=(9, 3.2), layout="constrained")
+    figure = Figure(figsize=(10.5, 3.2), layout="constrained")
     left, right = figure.subplots(1, 2)
     width = 0.8 / len(result.conditions)
     for i, name in enumerate(result.conditions):
@@ -73,7 +73,7 @@ def knockout_figure(result: KnockoutResult) -> Figure:
     for axis, label in ((left, "accuracy"), (right, "drop of the right answer's logit")):
         axis.set_xticks(np.arange(len(QUESTION_TYPES)) + 0.4 - width / 2, QUESTION_TYPES)
         axis.set_ylabel(label)
-    left.legend(title="answer -> image blocked in", fontsize=7)
+    right.legend(title="answer -> image\nblocked in", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.suptitle(f"attention knockout, {result.n} held-out questions", fontsize=9)
     return figure
 

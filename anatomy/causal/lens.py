@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from anatomy.causal.batches import toy_batch
 from anatomy.causal.probes import cell_features
 from anatomy.decoder.logit_lens import lens_logits
-from anatomy.lab.figures import drawable
+from anatomy.lab.figures import drawable, label_fonts
 from anatomy.model import decoder_layers
 from anatomy.processor import one_line
 from anatomy.toy.encode import answer_tokens
@@ -57,7 +57,7 @@ def image_lens(spec, samples: list[Sample]) -> ImageLens:
 def lens_figure(lens: ImageLens, picture: int = 0) -> Figure:
     """One picture, then one 4x4 grid per decoder layer with each cell's likeliest token."""
     layers = len(lens.top)
-    figure = Figure(figsize=(2.6 * (layers + 1), 2.8), layout="constrained")
+    figure = Figure(figsize=(4.4 * (layers + 1), 4.0), layout="constrained")
     axes = figure.subplots(1, layers + 1)
     axes[0].imshow(lens.samples[picture].scene.pixels())
     axes[0].set_title("picture", fontsize=8)
@@ -68,8 +68,8 @@ def lens_figure(lens: ImageLens, picture: int = 0) -> Figure:
         axis.set_xlim(-0.5, GRID - 0.5)
         axis.set_ylim(GRID - 0.5, -0.5)
         for cell, token in enumerate(lens.top[layer, picture]):
-            shown = drawable(one_line(token.strip() or token), 8)
-            axis.text(cell % GRID, cell // GRID, shown, ha="center", va="center", fontsize=7)
+            shown = drawable(one_line(token.strip() or token), 10, wrap=12)
+            axis.text(cell % GRID, cell // GRID, shown, ha="center", va="center", fontsize=7, fontfamily=label_fonts())
         axis.set_title(f"after decoder layer {layer}\ncolour word right on {lens.colour_hits[layer]:.0%} of objects",
                        fontsize=8)
         axis.grid(False)

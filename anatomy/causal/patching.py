@@ -36,20 +36,12 @@ from anatomy.causal.batches import (
     with_image_tokens,
 )
 from anatomy.causal.edits import Recording, patch, record
-from anatomy.lab.figures import drawable
-from anatomy.model import decoder_layers, vision_blocks
+from anatomy.causal.sweeps import residual_sites
+from anatomy.lab.figures import drawable, label_fonts
 from anatomy.processor import one_line
 from anatomy.toy.kernels import fast_training
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import Sample
-
-
-def residual_sites(spec) -> list[str]:
-    """The residual stream in data-flow order: vision block outputs, decoder layer inputs, last output."""
-    depth = len(vision_blocks(spec))
-    layers = len(decoder_layers(spec))
-    return ([f"vision.blocks.{i}.output" for i in range(depth)] + [f"decoder.layers.{i}.input" for i in range(layers)]
-            + [f"decoder.layers.{layers - 1}.output"])
 
 
 @dataclass
@@ -293,12 +285,13 @@ def position_figure(sweep: PositionSweep, question: int = 0) -> Figure:
     keep = ~np.isnan(sweep.effects[question])
     effects = sweep.effects[question][keep]
     labels = [t for t, k in zip(sweep.tokens[question], keep) if k]
-    figure = Figure(figsize=(max(6.0, 0.22 * len(labels)), 3.0), layout="constrained")
+    figure = Figure(figsize=(max(6.0, 0.26 * len(labels)), 4.2), layout="constrained")
     axis = figure.subplots()
     colours = ["tab:orange" if label.startswith("img") else "tab:blue" for label in labels]
     axis.bar(np.arange(len(labels)), effects, color=colours)
-    ticks = [drawable(one_line(label), 10) for label in labels]
-    axis.set_xticks(np.arange(len(labels)), ticks, rotation=90, fontsize=6)
+    ticks = [drawable(one_line(label), 16) for label in labels]
+    axis.set_xticks(np.arange(len(labels)), ticks, rotation=90, fontsize=8, fontfamily=label_fonts())
+    axis.set_xlim(-0.7, len(labels) - 0.3)
     axis.set_ylabel("effect (1 = flipped)")
     axis.set_title(f"{sweep.samples[question].question!r}: patching one position at {sweep.site} "
                    f"(orange: image tokens)", fontsize=9)

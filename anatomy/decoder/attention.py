@@ -31,9 +31,10 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 
 from anatomy.capture.budget import FLOAT_BYTES, check_budget, check_reduce
 from anatomy.inputs import resized
-from anatomy.lab.figures import draw_cells, draw_picture, drawable, outline_cells
+from anatomy.lab.figures import draw_cells, draw_picture, drawable, label_fonts, outline_cells
 from anatomy.lab.widgets import LiveFigure, dropdowns
 from anatomy.model import IMAGE, TEXT, check_heads, check_layers, decoder_layers
+from anatomy.processor import one_line
 
 
 @dataclass
@@ -261,13 +262,14 @@ def image_attention_figure(attention: AttentionRows, prompt, layer=None, head=No
     cells = image_map(attention, prompt, layer, head, row)
     figure = Figure(figsize=(8.4, 4.0), layout="constrained")
     left, right = figure.subplots(1, 2)
-    shown_row = row if row_label is None or row is None else drawable(repr(row_label))
+    shown_row = row if row_label is None or row is None else f"'{drawable(one_line(row_label))}'"
     where = ", ".join(f"{name} {'mean' if value is None else value}"
                       for name, value in (("layer", layer), ("head", head), ("token", shown_row)))
     picture = resized(prompt.image, prompt.grid_thw[0])
     draw_picture(left, picture, "the picture; outlined: cells holding\nhalf of this attention")
     outline_cells(left, cells, picture.height / cells.shape[0])
     shown = draw_cells(right, cells, f"attention on the image (sum {cells.sum():.3f})\n{where}")
+    right.title.set_fontfamily(label_fonts())
     right.set(xlabel="token column", ylabel="token row")
     figure.colorbar(shown, ax=right, shrink=0.8, label="probability")
     return figure

@@ -17,9 +17,9 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.decoder.attention import AttentionRows, image_attention_figure, record_attention
-from anatomy.lab.figures import drawable
+from anatomy.lab.figures import drawable, label_fonts
 from anatomy.model import decoder, lm_head, multimodal, token_kinds
-from anatomy.processor import token_texts
+from anatomy.processor import one_line, token_texts
 
 KEEP = ("positions", "attention", "top")
 
@@ -133,5 +133,6 @@ def traced_answer_figure(specimen, prompt, trace: Trace) -> Figure:
     """``answer_attention_figure`` of an answer already generated with ``keep=("attention",)``."""
     figure = image_attention_figure(trace.attention, prompt)
     answer = specimen.processor.tokenizer.decode(trace.sequence[0, trace.prompt_length:])
-    figure.suptitle(f"answer {drawable(repr(answer[:40]))}: where its tokens looked", fontsize=9)
+    figure.suptitle(f"answer '{drawable(one_line(answer), 40)}': where its tokens looked", fontsize=9,
+                    fontfamily=label_fonts())
     return figure

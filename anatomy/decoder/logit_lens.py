@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from anatomy.capture.hooks import run
-from anatomy.lab.figures import drawable
+from anatomy.lab.figures import drawable, label_fonts
 from anatomy.lab.widgets import LiveFigure
 from anatomy.model import decoder, decoder_layers, lm_head
 from anatomy.processor import one_line, token_texts
@@ -66,14 +66,15 @@ def lens_table(lens, labels: list[str]) -> str:
 def lens_figure(lens, labels: list[str]) -> Figure:
     """Grid layer x position: colour is the top token's probability, text the token."""
     probs = np.array([[top[0][1] for top in row] for row in lens])  # (layers, positions)
-    figure = Figure(figsize=(1.8 + 1.6 * len(labels), 1 + 0.45 * len(lens)), layout="constrained")
+    figure = Figure(figsize=(1.8 + 1.6 * len(labels), 1 + 0.6 * len(lens)), layout="constrained")
     axis = figure.subplots()
     shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0)
     for (layer, position), value in np.ndenumerate(probs):
         ink = "white" if value > probs.max() / 2 else "black"  # readable on dark cells too
-        label = drawable(one_line(lens[layer][position][0][0]), 14)
-        axis.text(position, layer, label, ha="center", va="center", fontsize=8, color=ink)
-    axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label), 12) for label in labels], rotation=30)
+        label = drawable(one_line(lens[layer][position][0][0]), 14, wrap=18)
+        axis.text(position, layer, label, ha="center", va="center", fontsize=8, color=ink, fontfamily=label_fonts())
+    axis.set_xticks(np.arange(len(labels)), [drawable(one_line(label), 12) for label in labels], rotation=30,
+                    fontfamily=label_fonts())
     axis.set_yticks(np.arange(len(lens)))
     axis.set(xlabel="position", ylabel="decoder layer", title="logit lens: top token after each layer")
     figure.colorbar(shown, ax=axis, label="probability")
@@ -114,27 +115,34 @@ def lens_steps(specimen, batch, max_new_tokens: int = 4, top_k: int = 3) -> Lens
 
 
 def steps_figure(steps: LensSteps, step: int) -> Figure:
-    """Layer x step grid of the top token (text) and its probability (colour), up to ``step`` (outlined)."""
+    """Layer x step grid of the top token (text) and its probability (colour), up to ``step`` (outlined).
+
+    Every step of the slider shares one colour scale, from 0 to the largest top-token probability of any step;
+    the columns not generated yet are left empty, their token greyed in the x labels.
+    """
     if not 0 <= step < len(steps.tokens):
         raise ValueError(f"step={step}; expected 0 to {len(steps.tokens) - 1}")
     layers = len(steps.lens[0])
-    probs = np.full((layers, len(steps.tokens)), np.nan)
-    probs[:, : step + 1] = [[steps.lens[j][layer][0][1] for j in range(step + 1)] for layer in range(layers)]
-    figure = Figure(figsize=(2 + 1.5 * len(steps.tokens), 1.6 + 0.45 * layers), layout="constrained")
+    tops = np.array([[steps.lens[j][layer][0][1] for j in range(len(steps.tokens))] for layer in range(layers)])
+    probs = np.where(np.arange(len(steps.tokens)) <= step, tops, np.nan)  # (layers, steps): only those taken
+    figure = Figure(figsize=(3 + 2.2 * len(steps.tokens), 2.2 + 0.7 * layers), layout="constrained")
     axis = figure.subplots()
-    shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0, vmax=1)
+    shown = axis.imshow(probs, cmap="Blues", aspect="auto", vmin=0, vmax=tops.max())
     for j in range(step + 1):
         for layer in range(layers):
             token, value = steps.lens[j][layer][0]
-            axis.text(j, layer, drawable(repr(token), 12), ha="center", va="center", fontsize=8,
-                      color="white" if value > 0.5 else "black")
+            axis.text(j, layer, f"'{drawable(one_line(token), 16, wrap=18)}'", ha="center", va="center", fontsize=9,
+                      color="white" if value > tops.max() / 2 else "black", fontfamily=label_fonts())
     axis.add_patch(Rectangle((step - 0.5, -0.5), 1, layers, fill=False, ec="tab:red", lw=2))
-    axis.set_xticks(np.arange(len(steps.tokens)), [drawable(f"{j}: {t!r}", 14) if j <= step else str(j)
-                                                   for j, t in enumerate(steps.tokens)], rotation=20)
+    axis.set_xticks(np.arange(len(steps.tokens)), [f"{j}: '{drawable(one_line(t), 16)}'" for j, t in enumerate(steps.tokens)],
+                    fontfamily=label_fonts())
+    for j, label in enumerate(axis.get_xticklabels()):
+        label.set_color("black" if j <= step else "0.6")
     axis.set_yticks(np.arange(layers))
     said = "".join(steps.tokens[: step + 1])
-    axis.set(xlabel="generation step: the token it chose", ylabel="decoder layer",
-             title=f"logit lens, step {step}: the top token after each layer\ngenerated so far: {drawable(repr(said))}")
+    axis.set(xlabel="generation step: the token it chose (grey: not generated yet)", ylabel="decoder layer")
+    axis.set_title(f"logit lens, step {step}: the top token after each layer\ngenerated so far: "
+                   f"'{drawable(one_line(said))}'", fontfamily=label_fonts())
     figure.colorbar(shown, ax=axis, label="probability of the top token")
     return figure
 
@@ -146,4 +154,4 @@ def lens_stepper(steps: LensSteps, start: int = 0) -> LiveFigure:
     if not 0 <= start < len(steps.tokens):
         raise ValueError(f"start={start}; expected 0 to {len(steps.tokens) - 1}")
     slider = widgets.IntSlider(value=start, min=0, max=len(steps.tokens) - 1, description="step")
-    return LiveFigure(lambda step: steps_figure(steps, step), {"step": slider})
+    return LiveFigure(lambda step: steps_figure(steps, step), {"step": slider}, dpi=110)

@@ -15,8 +15,10 @@ at 2 tokens/s one id is half a second). The ids come from transformers' own
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -58,6 +60,16 @@ def position_table(specimen, batch, rows: slice | None = None) -> list[dict]:
     return table[rows] if rows is not None else table
 
 
+def video_time_steps(specimen, batch) -> list[int]:
+    """The distinct steps between consecutive time ids of the batch's video tokens, e.g. ``[4]`` for a clip of
+    2 s per temporal patch at ``tokens_per_second`` 2: one step, the same all along the clip."""
+    ids, _ = rope_index(specimen, batch)
+    video = batch["input_ids"] == specimen.config.video_token_id  # (1, seq)
+    if not video.any():
+        raise ValueError("the batch has no <|video_pad|> token; encode a clip with anatomy.vision.video.encode_video")
+    return sorted(set(np.diff(ids[0][video].unique().cpu().numpy()).tolist()))
+
+
 def format_table(table: list[dict]) -> str:
     """The rows of ``position_table`` as aligned text."""
     lines = [f"{'index':>5}  {'token':<16} {'kind':<6} {'time':>5} {'height':>6} {'width':>5}"]
@@ -91,7 +103,7 @@ def bands_figure(specimen) -> Figure:
         chosen = np.nonzero(axes_of == a)[0]
         axis.bar(chosen, inv_freq[chosen], color=colour, label=f"{name} ({len(chosen)} frequencies)")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set(yscale="log", xlabel="rotary frequency index (of head_dim/2)", ylabel="inverse frequency",
+    axis.set(yscale="log", xlabel="rotary frequency index (of head_dim/2)", ylabel="frequency (radians per id)",
              title=f"mrope_section {rotary.mrope_section}: which axis drives which frequency")
     axis.legend(fontsize=8)
     return figure
@@ -118,16 +130,27 @@ def position_ids_figure(specimen, batch) -> Figure:
 
 
 def vision_grid_figure(specimen, batch) -> Figure:
-    """For every vision token: its (height, width) id, coloured by its time id."""
+    """For every vision token: its (height, width) id, coloured by its time id (one colour per id).
+
+    An image's tokens share one time id: it goes in the title, and no colour bar is drawn.
+    """
     ids, _ = rope_index(specimen, batch)
     vision = token_kinds(specimen.config, batch["input_ids"]) != 0
     t, h, w = (ids[a, 0, vision].cpu().numpy() for a in range(3))
+    times = np.unique(t)
     figure = Figure(figsize=(5, 4), layout="constrained")
     axis = figure.subplots()
-    shown = axis.scatter(w, h, c=t, cmap="viridis", s=40, marker="s")
+    step = np.searchsorted(times, t)  # 0, 1, ...: the time ids in order
+    colours = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0, 1, len(times))))
+    shown = axis.scatter(w, h, c=step, cmap=colours, vmin=-0.5, vmax=len(times) - 0.5, s=40, marker="s")
     axis.set_xticks(np.unique(w))
     axis.set_yticks(np.unique(h))
     axis.invert_yaxis()
-    axis.set(xlabel="width id", ylabel="height id", title="vision tokens on their grid")
-    figure.colorbar(shown, ax=axis, label="time id")
+    title = "vision tokens on their grid"
+    if len(times) == 1:
+        title += f"\nall {len(t)} share time id {times[0]}"
+    else:
+        bar = figure.colorbar(shown, ax=axis, label="time id", ticks=np.arange(len(times)))
+        bar.ax.set_yticklabels([str(time) for time in times])
+    axis.set(xlabel="width id", ylabel="height id", title=title)
     return figure

@@ -11,7 +11,11 @@ pieces several of them need live here.
 from __future__ import annotations
 
 import functools
+import textwrap
+import unicodedata
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib import font_manager, ft2font
@@ -20,29 +24,73 @@ from PIL import Image
 
 
 @functools.cache
-def _default_font() -> ft2font.FT2Font:
-    return ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
+def _fonts() -> tuple[tuple[str, frozenset[int]], ...]:
+    """(family, the code points it has) of each font labels are drawn with: matplotlib's default font first,
+    then each font installed on the system that has characters the ones before it lack.
 
-
-def drawable(text: str, limit: int | None = None) -> str:
-    """``text`` with each character that matplotlib's default font lacks written as its ``\\uXXXX`` escape;
-    at most ``limit`` characters once written, cut between characters (never inside an escape).
-
-    A token's text can be in any script; a missing glyph would be drawn as an empty box.
-
-    >>> drawable(" red"), drawable("\u533a")      # a Chinese character the default font (DejaVu) lacks
-    (' red', '\\\\u533a')
-    >>> drawable("\u533a\u533a", limit=8), drawable("yellow", limit=4)
-    ('\\\\u533a', 'yell')
+    matplotlib's other bundled fonts are left out: its math fonts put symbols where letters should be, and its
+    last-resort font has a placeholder box for every character.
     """
-    font = _default_font()
+    default = font_manager.findfont(font_manager.FontProperties())
+    bundled = Path(matplotlib.get_data_path())
+    installed = {}  # family -> one of its files
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda entry: entry.fname):
+        if not Path(entry.fname).is_relative_to(bundled):
+            installed.setdefault(entry.name, entry.fname)
+    fonts, covered = [], set()
+    for path in [default, *installed.values()]:
+        try:
+            font = ft2font.FT2Font(path)
+        except (OSError, RuntimeError):  # a font file FreeType cannot read: draw without it
+            continue
+        points = frozenset(font.get_charmap())
+        if font.family_name not in dict(fonts) and not points <= covered:
+            fonts.append((font.family_name, points))
+            covered |= points
+    return tuple(fonts)
+
+
+def label_fonts() -> list[str]:
+    """The font families every label is drawn with (``fontfamily=label_fonts()``), default first.
+
+    matplotlib falls back along the list character by character, so a token in a script an installed font
+    covers is drawn in that font; ``drawable`` names the characters none of them has.
+    """
+    return [family for family, _ in _fonts()]
+
+
+def _written(c: str) -> str:
+    """One character as a label shows it: itself if a label font has it, else ``[its Unicode name U+code]``."""
+    if any(ord(c) in points for _, points in _fonts()):
+        return c
+    code = f"U+{ord(c):04X}"
+    name = unicodedata.name(c, "")
+    if name.endswith(f"-{ord(c):04X}"):  # "CJK UNIFIED IDEOGRAPH-63D0" carries its code point already
+        return f"[{name}]"
+    return f"[{name} {code}]" if name else f"[{code}]"
+
+
+def drawable(text: str, limit: int | None = None, wrap: int | None = None) -> str:
+    r"""``text`` as a figure can draw it: each character that no label font has written as its Unicode name and
+    code point; at most ``limit`` characters once written, cut between characters (never inside a name, never
+    to nothing); lines of about ``wrap`` characters, broken at spaces. Draw it with ``fontfamily=label_fonts()``.
+
+    A token's text can be in any script, and a missing glyph would be drawn as an empty box. With only
+    DejaVu Sans installed, ``drawable("\uc73c")`` is ``"[HANGUL SYLLABLE EU U+C73C]"``; with a Korean font
+    installed it is the character itself, drawn in that font.
+
+    >>> drawable(" red"), drawable("yellow", limit=4), drawable("a b c", wrap=3)
+    (' red', 'yell', 'a b\nc')
+    """
     written = ""
     for c in text:
-        piece = c if c.isascii() or font.get_char_index(ord(c)) else f"\\u{ord(c):04x}"
-        if limit is not None and len(written) + len(piece) > limit:
+        piece = _written(c)
+        if written and limit is not None and len(written) + len(piece) > limit:
             break
         written += piece
-    return written
+    if wrap is None or len(written) <= wrap:
+        return written
+    return textwrap.fill(written, wrap, break_long_words=False, break_on_hyphens=False)
 
 
 def principal_rgb(grid: torch.Tensor) -> np.ndarray:
@@ -103,12 +151,13 @@ def draw_cells(axis, cells: torch.Tensor, title: str = "", vmax: float | None = 
     return shown
 
 
-def grid_lines(axis, shape: tuple[int, int], step: int, width: float = 0.6) -> None:
+def grid_lines(axis, shape: tuple[int, int], step: int, width: float = 0.6, style: str = "solid") -> None:
     """Lines every ``step`` px over a picture of ``shape`` (height, width) px, dark with a light edge.
 
-    Drawn twice (a wider white line under a dark one), they show on dark and light pictures alike.
+    Drawn twice (a wider white line under a dark one), they show on dark and light pictures alike; ``style``
+    (``"solid"``, ``"dotted"``, ...) sets two grids of one picture apart.
     """
     height, wide = shape
     for colour, line in (("white", 2.2 * width), ("0.15", width)):
-        axis.vlines(np.arange(step, wide, step) - 0.5, -0.5, height - 0.5, colors=colour, linewidth=line)
-        axis.hlines(np.arange(step, height, step) - 0.5, -0.5, wide - 0.5, colors=colour, linewidth=line)
+        axis.vlines(np.arange(step, wide, step) - 0.5, -0.5, height - 0.5, colors=colour, linewidth=line, linestyles=style)
+        axis.hlines(np.arange(step, height, step) - 0.5, -0.5, wide - 0.5, colors=colour, linewidth=line, linestyles=style)

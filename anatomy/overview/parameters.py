@@ -241,7 +241,7 @@ def plot_parameters(table: ParameterTable) -> Figure:
     (attention, MLP, norm, embedding); a dashed line parts the vision tower from the language model."""
     if not isinstance(table, ParameterTable):
         raise TypeError(f"expected the ParameterTable of count_parameters(model), got {type(table).__name__}")
-    fig = Figure(figsize=(9, 4.2), layout="constrained")  # no pyplot: shown once in a notebook, nothing global
+    fig = Figure(figsize=(9, 4.8), layout="constrained")  # no pyplot: shown once in a notebook, nothing global
     ax = fig.subplots()
     biggest = max(table.by_component().values())
     for y, component in enumerate(COMPONENTS):
@@ -255,13 +255,25 @@ def plot_parameters(table: ParameterTable) -> Figure:
     return fig
 
 
+BAR = 0.56  # bar height, in rows: the space above each bar holds the names of its narrow parts
+
+
 def _draw_bar(ax, y: int, rows: list[PartCount], total: int, biggest: int) -> None:
-    """One component's bar: a segment per part (named when wide enough), then its count and share."""
-    left = 0
+    """One component's bar: a segment per part, then its count and share. A wide segment is named inside; a
+    narrow one that still shows (q_proj, k_proj, ...) is named above the bar, names side by side left to
+    right, each joined to its segment by a line."""
+    left, free = 0, 0.0  # free: where the next name above the bar may start
+    char = 0.6 * 8 / 72 * 1.3 * biggest / 7.0  # one 8-pt character, in parameters (the axes are ~7 in wide)
     for row in (row for row in rows if row.count):
-        ax.barh(y, row.count, left=left, color=FAMILY_COLOURS[_family(row)], edgecolor="white")
+        ax.barh(y, row.count, BAR, left=left, color=FAMILY_COLOURS[_family(row)], edgecolor="white")
+        name, middle = row.part.removeprefix("attention "), left + row.count / 2
         if row.count > 0.06 * biggest:
-            ax.text(left + row.count / 2, y, row.part, ha="center", va="center", fontsize=8, color="white")
+            ax.text(middle, y, name, ha="center", va="center", fontsize=8, color="white")
+        elif name and row.count > 0.003 * biggest:
+            start = max(middle - len(name) * char / 2, free)
+            ax.text(start, y - BAR / 2 - 0.16, name, ha="left", va="bottom", fontsize=8)
+            ax.plot([start + len(name) * char / 2, middle], [y - BAR / 2 - 0.16, y - BAR / 2], color="0.3", lw=0.7)
+            free = start + (len(name) + 1) * char
         left += row.count
     tied = " ".join(row.note.split(":")[0] for row in rows if row.note)  # "tied to token embedding"
     ax.text(left, y, f" {_human(left)} ({_share(left, total)}) {tied}", va="center", fontsize=8)

@@ -131,7 +131,8 @@ def reference_payload() -> dict:
 def sample_image(text: str = "Qwen2.5-VL", size: tuple[int, int] = (280, 112)) -> Image.Image:
     """A small white image with ``text`` on it, the offline stand-in for the reference request's qwen.png.
 
-    The default 280x112 px is 10x4 cells of 28 px, so 40 ``<|image_pad|>`` tokens.
+    ``size`` is (width, height), PIL's order: the default is 112 x 280 px (height x width), 4 x 10 cells of
+    28 px, so 40 ``<|image_pad|>`` tokens.
     """
     image = Image.new("RGB", size, "white")
     font = ImageFont.load_default(size=size[1] // 3)  # a scalable font, a third of the height

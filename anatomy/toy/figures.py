@@ -2,6 +2,7 @@
 
 >>> grounding_figure({"trained": evaluate(toy, n=60), "random init": evaluate(untrained_toy(), n=60)})
 >>> looking_figure(toy, [sample(0, "test", i) for i in range(6)])
+>>> looking_figure(untrained_toy(), pictures, vmax=looking_scale(toy, pictures))      # on the toy's scale
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from anatomy.decoder.attention import attention_rows, image_map
 from anatomy.inputs import encode
-from anatomy.lab.figures import drawable
+from anatomy.lab.figures import drawable, label_fonts
+from anatomy.processor import one_line
 from anatomy.toy.evaluate import REGIONS, Report
 from anatomy.toy.shapes import CELL, IMAGE_SIZE
 from anatomy.toy.task import Sample
@@ -40,34 +42,45 @@ def grounding_figure(reports: dict[str, Report]) -> Figure:
     return figure
 
 
-def looking_figure(specimen, samples: list[Sample], layer: int | None = None, columns: int = 3) -> Figure:
+def looking_figure(specimen, samples: list[Sample], layer: int | None = None, columns: int = 3,
+                   vmax: float | None = None) -> Figure:
     """Each picture beside the answer position's attention to its 4x4 cells in ``layer`` (default: the last).
 
     Heads are averaged; the asked-about objects are outlined in green in both panels; each title
-    gives the question and the model's answer (the argmax over the whole vocabulary).
+    gives the question and the model's answer (the argmax over the whole vocabulary). Every map shares
+    one colour scale, from 0 to ``vmax`` (default: the largest share a cell gets here; pass another
+    model's ``looking_scale`` to draw two models on one scale).
     """
     if not samples:
         raise ValueError("need at least one sample, e.g. [sample(0, 'test', 0)]")
     layer = specimen.config.text_config.num_hidden_layers - 1 if layer is None else layer
+    looked = [_answer_attention(specimen, s, layer) for s in samples]
+    vmax = max(float(cells.max()) for cells, _ in looked) if vmax is None else vmax
     columns = min(columns, len(samples))
     rows = -(-len(samples) // columns)
-    figure = Figure(figsize=(4.4 * columns, 2.6 * rows), layout="constrained")
-    panels = figure.subfigures(rows, columns, squeeze=False).reshape(-1)
-    for panel, s in zip(panels, samples):
-        cells, answer = _answer_attention(specimen, s, layer)
+    figure = Figure(figsize=(4.0 * columns + 1.0, 2.6 * rows + 0.3), layout="constrained")
+    grid, scale = figure.subfigures(1, 2, width_ratios=(4.0 * columns, 1.0))
+    panels = grid.subfigures(rows, columns, squeeze=False).reshape(-1)
+    for panel, s, (cells, answer) in zip(panels, samples, looked):
         mark = "right" if answer.strip() == s.answer else f"wrong, expected {s.answer!r}"
         picture_axis, map_axis = panel.subplots(1, 2)
         picture_axis.imshow(s.scene.pixels())
-        shown = map_axis.imshow(cells, cmap="inferno", vmin=0, extent=(0, IMAGE_SIZE, IMAGE_SIZE, 0))
-        panel.colorbar(shown, ax=map_axis, shrink=0.8)
+        shown = map_axis.imshow(cells, cmap="inferno", vmin=0, vmax=vmax, extent=(0, IMAGE_SIZE, IMAGE_SIZE, 0))
         for axis in (picture_axis, map_axis):
             axis.set(xticks=[], yticks=[])
             for i in s.target:
                 thing = s.scene.things[i]
                 axis.add_patch(Rectangle((thing.col * CELL, thing.row * CELL), CELL, CELL, fill=False, ec="lime", lw=2))
-        panel.suptitle(f"{s.question}\n-> {drawable(repr(answer))} ({mark})", fontsize=9)
+        panel.suptitle(f"{s.question}\n-> '{drawable(one_line(answer))}' ({mark})", fontsize=9, fontfamily=label_fonts())
+    scale.colorbar(shown, cax=scale.add_axes((0.15, 0.15, 0.2, 0.7)), label="attention (one scale for all maps)")
     figure.suptitle(f"attention of the answer position to the image, decoder layer {layer}, heads averaged")
     return figure
+
+
+def looking_scale(specimen, samples: list[Sample], layer: int | None = None) -> float:
+    """The largest share of the answer position's attention that one cell gets in ``looking_figure``'s maps."""
+    layer = specimen.config.text_config.num_hidden_layers - 1 if layer is None else layer
+    return max(float(_answer_attention(specimen, s, layer)[0].max()) for s in samples)
 
 
 def _answer_attention(specimen, s: Sample, layer: int) -> tuple[np.ndarray, str]:

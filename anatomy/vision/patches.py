@@ -145,7 +145,7 @@ def embedding_figure(cache, image: Image.Image, plan: ResizePlan, site: str = "v
     figure = Figure(figsize=(13, 4.2), layout="constrained")
     axes = figure.subplots(1, 3)
     axes[0].imshow(resized(image, plan))
-    axes[0].set_title(f"resized input, {plan.resized[1]}x{plan.resized[0]} px")
+    axes[0].set_title(f"resized input, {plan.resized[0]} x {plan.resized[1]} px (height x width)")
     axes[1].imshow(principal_rgb(grid))
     axes[1].set_title("principal components 1-3 as RGB")
     shown = axes[2].imshow(grid.norm(dim=-1).numpy(), cmap="viridis")

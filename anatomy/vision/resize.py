@@ -84,19 +84,19 @@ def memory_ratio(height: int, width: int, max_pixels: int, smaller_max_pixels: i
 
 
 def grid_figure(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Figure:
-    """The resized image with its 14-px patch grid (thin) and 28-px merged-token grid (thick)."""
+    """The resized image with its 14-px patch grid (dotted lines) and 28-px merged-token grid (solid lines)."""
     plan = resize_plan(image.height, image.width, min_pixels, max_pixels)
     height, width = plan.resized
     figure = Figure(figsize=(7, 7 * height / width + 0.6), layout="constrained")
     axis = figure.subplots()
     axis.imshow(resized(image, plan))
-    for step, line in ((PATCH_SIZE, 0.3), (FACTOR, 1.0)):
-        grid_lines(axis, (height, width), step, width=line)
+    grid_lines(axis, (height, width), PATCH_SIZE, width=0.6, style="dotted")
+    grid_lines(axis, (height, width), FACTOR, width=1.4)
     axis.set(xlabel="x (px)", ylabel="y (px)")
     (rows, cols), (token_rows, token_cols) = plan.patch_grid, plan.token_grid
     axis.set_title(
         f"{plan.original[0]} x {plan.original[1]} -> {height} x {width} px (height x width)\n"
-        f"{rows}x{cols} patches of 14 px (thin), {token_rows}x{token_cols} = {plan.tokens} tokens of 28 px (thick)"
+        f"dotted: {rows} x {cols} patches of 14 px; solid: {token_rows} x {token_cols} = {plan.tokens} tokens of 28 px"
     )
     return figure
 

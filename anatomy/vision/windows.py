@@ -1,7 +1,8 @@
 """Window attention in the vision tower: which patches see each other.
 
 The released vision tower cuts the image into 112x112-px windows (8x8
-patches = 4x4 merged tokens; smaller at the right and bottom edges). Blocks
+patches = 4x4 merged tokens; smaller at the bottom edge when the rows do not
+divide into whole windows, at the right edge when the columns do not). Blocks
 7, 15, 23 and 31 attend over the whole image, the other 28 only inside a
 window. The partition is read off the window order (``anatomy.capture.orders``),
 which is transformers' own ``get_vision_window_index``.
@@ -69,6 +70,20 @@ def windows(grid_thw, vision_config) -> Windows:
     return Windows(window, window_order.reshape(shape), _boxes(window[0]), lengths)
 
 
+def cut_edges(grid_thw, vision_config) -> list[str]:
+    """The edges whose windows are cut short: ``"bottom"`` if the patch rows do not divide into whole windows,
+    ``"right"`` if the columns do not.
+
+    >>> from anatomy.model import shipped_config
+    >>> vision = shipped_config("7B").vision_config                 # windows of 8 x 8 patches
+    >>> cut_edges((1, 20, 26), vision), cut_edges((1, 24, 26), vision), cut_edges((1, 24, 32), vision)
+    (['bottom', 'right'], ['right'], [])
+    """
+    _, rows, cols = _one_grid(grid_thw)
+    side = vision_config.window_size // PATCH  # patches per window side
+    return [edge for edge, count in (("bottom", rows), ("right", cols)) if count % side]
+
+
 def _boxes(window: np.ndarray) -> np.ndarray:
     """Pixel box of every window of one frame: (windows, 4) as x0, y0, x1, y1."""
     boxes = []
@@ -85,12 +100,12 @@ def window_figure(image: Image.Image, grid_thw, vision_config) -> Figure:
     figure = Figure(figsize=(8, 8 * picture.height / picture.width + 0.6), layout="constrained")
     axis = figure.subplots()
     axis.imshow(picture)
-    grid_lines(axis, (picture.height, picture.width), PATCH, width=0.3)
-    grid_lines(axis, (picture.height, picture.width), PATCH * vision_config.spatial_merge_size, width=0.9)
+    grid_lines(axis, (picture.height, picture.width), PATCH, width=0.6, style="dotted")
+    grid_lines(axis, (picture.height, picture.width), PATCH * vision_config.spatial_merge_size, width=1.2)
     for w, (x0, y0, x1, y1) in enumerate(parts.boxes):
         axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2.2, zorder=3))
         axis.text(x0 + 4, y0 + 4, f"w{w}: {parts.lengths[w]}", color="red", va="top", fontsize=8,
                   bbox=dict(fc="white", alpha=0.7, lw=0, pad=1))
     axis.set(title=f"{len(parts.boxes)} windows of up to {vision_config.window_size} px (label: window id: patches)\n"
-                   f"thin lines: 14-px patches, thicker: 28-px merged tokens")
+                   f"dotted lines: 14-px patches, solid: 28-px merged tokens")
     return figure

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anatomy.decoder.logit_lens import LensSteps, lens_logits, lens_steps, logit_lens, residuals, steps_figure
+from anatomy.lab.figures import drawable
 
 
 def test_last_layer_lens_equals_the_models_logits(tiny, batch, reference):
@@ -57,14 +58,17 @@ def test_steps_figure_refuses_a_step_it_does_not_have(tiny, batch):
         steps_figure(steps, 2)
 
 
-def test_steps_figure_writes_a_token_the_font_lacks_as_its_escape():
-    """A real top token can be in any script: 'Hangul' drawn by DejaVu Sans would be an empty box and a warning."""
+def test_steps_figure_draws_any_script_labels_every_step_and_keeps_one_scale():
+    """A real top token can be in any script: drawn by a font without it, it would be an empty box and a warning."""
     hangul = "\uc73c"  # the top token that layer 0 of the shipped toy chose in notebook 10
-    steps = LensSteps(tokens=["yellow", hangul], lens=[[[(hangul, 0.1)], [("yellow", 0.9)]]] * 2)
-    figure = steps_figure(steps, 1)
+    steps = LensSteps(tokens=["yellow", "<|im_end|>"], lens=[[[(hangul, 0.01)], [("yellow", 0.03)]],
+                                                             [[("<|im_end|>", 0.05)], [("<|im_end|>", 0.3)]]])
+    figure = steps_figure(steps, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Glyph ... missing from font(s)" is a UserWarning
         figure.savefig(io.BytesIO(), format="png")
     axis = figure.axes[0]
-    drawn = [t.get_text() for t in axis.texts] + [t.get_text() for t in axis.get_xticklabels()] + [axis.get_title()]
-    assert any("\\uc73c" in text for text in drawn) and not any(hangul in text for text in drawn)
+    assert [t.get_text() for t in axis.texts] == [f"'{drawable(hangul, 16, wrap=18)}'", "'yellow'"]  # step 0 only
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0: 'yellow'", "1: '<|im_end|>'"]  # every step named
+    assert axis.images[0].get_clim() == (0, 0.3)  # the largest top probability of any step, not 1
+    assert steps_figure(steps, 1).axes[0].images[0].get_clim() == (0, 0.3)

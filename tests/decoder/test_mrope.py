@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from anatomy import capture
-from anatomy.decoder.mrope import frequency_axes, position_ids_figure, position_table, rope_index
+from anatomy.decoder.mrope import (bands_figure, frequency_axes, position_ids_figure, position_table, rope_index,
+                                   video_time_steps, vision_grid_figure)
 from anatomy.inputs import demo_image, encode
 from anatomy.vision.video import Clip, encode_video
 
@@ -99,3 +100,36 @@ def test_position_ids_legend_names_only_the_token_kinds_present(tiny, which, req
     legend = position_ids_figure(tiny, batch).axes[0].get_legend()
     assert [text.get_text() for text in legend.get_texts()] == ["time", "height", "width", *present]
     assert len(present) == 1
+
+
+def test_vision_grid_of_an_image_names_its_one_time_id_and_draws_no_colour_bar(tiny, batch):
+    ids, _ = rope_index(tiny, batch)
+    times = ids[0, 0, batch["input_ids"][0] == tiny.config.image_token_id].unique().tolist()
+    figure = vision_grid_figure(tiny, batch)
+    assert len(times) == 1 and len(figure.axes) == 1  # a bar over one value would show a made-up range
+    assert figure.axes[0].get_title().endswith(f"share time id {times[0]}")
+
+
+def test_vision_grid_of_a_video_labels_its_colour_bar_with_the_time_ids(tiny, clip_batch):
+    ids, _ = rope_index(tiny, clip_batch)
+    times = ids[0, 0, clip_batch["input_ids"][0] == tiny.config.video_token_id].unique().tolist()
+    bar = vision_grid_figure(tiny, clip_batch).axes[1]
+    assert [label.get_text() for label in bar.get_yticklabels()] == [str(t) for t in times]
+
+
+def test_bands_figure_draws_the_rotary_frequencies_as_frequencies(tiny):
+    axis = bands_figure(tiny).axes[0]
+    heights = sorted(bar.get_height() for bar in axis.patches)
+    inv_freq = tiny.model.model.language_model.rotary_emb.inv_freq  # radians per position id
+    assert np.allclose(heights, sorted(inv_freq.tolist()))
+    assert axis.get_ylabel() == "frequency (radians per id)"
+
+
+@pytest.mark.parametrize("frames, fps, sample_fps", [(8, 1.0, 1.0), (8, 1.0, 2.0), (32, 4.0, 2.0)])
+def test_video_time_steps_are_tokens_per_second_times_the_seconds_per_temporal_patch(tiny, frames, fps, sample_fps):
+    clip = np.stack([np.asarray(demo_image(56, 56).rotate(2.5 * i)) for i in range(frames)])
+    video = encode_video(tiny, Clip(clip, fps=fps), sample_fps=sample_fps, max_pixels=56 * 56)
+    spans = video["second_per_grid_ts"][0].item()  # the processor's: it never samples more frames than there are
+    assert video_time_steps(tiny, video) == [tiny.config.vision_config.tokens_per_second * spans]
+    with pytest.raises(ValueError, match="no <\\|video_pad\\|> token"):
+        video_time_steps(tiny, encode(tiny, demo_image(56, 56)))

@@ -123,6 +123,14 @@ def test_plot_has_one_bar_length_per_component():
     assert widths == list(table.by_component().values())
 
 
+def test_plot_names_every_visible_part_the_q_k_v_o_projections_too():
+    axis = plot_parameters(count_parameters(anatomy.load("7B"))).axes[0]
+    names = [text.get_text() for text in axis.texts]
+    for part in ("q_proj", "k_proj", "v_proj", "o_proj", "qkv", "proj", "MLP"):
+        assert part in names, part
+    assert "norms" not in names  # too thin to see: no name pointing at nothing
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

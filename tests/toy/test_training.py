@@ -408,7 +408,13 @@ def test_looking_figure_draws_eager_attention_and_the_model_answer():
     assert np.allclose(cells, expected.numpy(), atol=1e-6)
     assert answer == spec.processor.tokenizer.decode(int(out.logits[0, -1].argmax()))
     figure = looking_figure(spec, [s, sample(0, "test", 1)], columns=2)
-    assert len(figure.subfigs) == 2 and all(len(f.axes) == 3 for f in figure.subfigs)  # picture, map, colour bar
+    grid, scale = figure.subfigs  # the panels, and the colour bar they share
+    assert len(grid.subfigs) == 2 and all(len(panel.axes) == 2 for panel in grid.subfigs)  # picture, map
+    maps = [panel.axes[1].images[0] for panel in grid.subfigs]
+    largest = max(float(m.get_array().max()) for m in maps)
+    assert all(m.get_clim() == (0, largest) for m in maps) and len(scale.axes) == 1  # one scale for all maps
+    shared = looking_figure(spec, [s], vmax=0.5).subfigs[0].subfigs[0].axes[1].images[0]
+    assert shared.get_clim() == (0, 0.5)  # another model's scale, when asked
 
 
 def test_grounding_figure_draws_the_report():

@@ -1,5 +1,7 @@
-"""The merger recomputed by hand against the model's own output; its widths against the released 7B."""
+"""The merger recomputed by hand against the model's own output; its widths against the released 7B; regions of
+the demo picture against its pixels, and their similarity against means and cosines taken by hand."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +9,9 @@ import anatomy
 from anatomy import run
 from anatomy.capture.orders import merge_groups
 from anatomy.lab.figures import principal_rgb
-from anatomy.vision.merger import merge_by_hand, merger_shapes, token_map_figure
+from anatomy.inputs import resized
+from anatomy.vision.merger import (DEMO_REGIONS, cell_regions, merge_by_hand, merger_shapes, nearest_regions,
+                                   region_similarity, token_map_figure)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +51,31 @@ def test_token_map_shows_each_token_at_its_cell(tiny, batch, cache):
     expected = principal_rgb(cache["vision.merger.output"].reshape(rows // 2, cols // 2, -1))
     assert (tokens.images[0].get_array() == expected).all()  # token k of the raster at row k // (cols/2)
     assert picture.images[0].get_array().shape[:2] == (rows * 14, cols * 14)
+
+
+def test_every_demo_region_is_found_where_its_colour_covers_most_of_a_cell(picture, batch):
+    shown = resized(picture, batch["image_grid_thw"][0])
+    regions = cell_regions(shown, DEMO_REGIONS, rest="sky")
+    assert set(regions.reshape(-1)) == {"sky", *DEMO_REGIONS}  # every colour demo_image paints, and sky
+    pixels = np.asarray(shown).astype(int)
+    for (row, col), name in np.ndenumerate(regions):
+        cell = pixels[row * 28 : (row + 1) * 28, col * 28 : (col + 1) * 28]
+        shares = {n: float((np.abs(cell - np.array(c)) <= 10).all(-1).mean()) for n, c in DEMO_REGIONS.items()}
+        assert shares.get(name, 0.0) > 0.5 if name != "sky" else max(shares.values()) <= 0.5
+
+
+def test_region_similarity_is_the_cosine_of_each_regions_mean_token(picture, batch, cache):
+    tokens = cache["vision.merger.output"]
+    regions = cell_regions(resized(picture, batch["image_grid_thw"][0]), DEMO_REGIONS, rest="sky")
+    names, similar = region_similarity(tokens, regions)
+    means = {n: tokens[torch.from_numpy(regions.reshape(-1) == n)].mean(0) for n in names}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            expected = torch.dot(means[a], means[b]) / (means[a].norm() * means[b].norm())
+            assert float(similar[i, j]) == pytest.approx(float(expected), abs=1e-5)
+    nearest = nearest_regions(names, similar)
+    for i, a in enumerate(names):
+        others = {b: float(similar[i, j]) for j, b in enumerate(names) if b != a}
+        assert nearest[a] == (max(others, key=others.get), round(max(others.values()), 2))
+    with pytest.raises(ValueError, match="tokens for a"):
+        region_similarity(tokens[:-1], regions)

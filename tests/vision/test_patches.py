@@ -101,6 +101,7 @@ def test_embedding_grid_and_figure(tiny, batch, picture):
     assert colours.shape == (*plan.patch_grid, 3) and colours.min() == 0 and colours.max() == 1
     left, pcs, norms = embedding_figure(cache, picture, plan).axes[:3]
     assert left.images[0].get_array().shape[:2] == plan.resized  # the image as the model saw it
+    assert left.get_title() == f"resized input, {plan.resized[0]} x {plan.resized[1]} px (height x width)"
     assert (pcs.images[0].get_array() == colours).all()
     torch.testing.assert_close(torch.as_tensor(norms.images[0].get_array().data), grid.norm(dim=-1))
     with pytest.raises(ValueError, match="patch grid"):

@@ -103,6 +103,8 @@ def test_grid_figure_draws_every_patch_and_token_line_over_the_resized_image(pic
     counts = [len(c.get_segments()) for c in axis.collections]  # per grid: light then dark, vertical then horizontal
     assert counts[:4] == [cols - 1, rows - 1] * 2  # a line between every two 14-px patches
     assert counts[4:] == [plan.token_grid[1] - 1, plan.token_grid[0] - 1] * 2  # and between every two 28-px tokens
+    dashes = [c.get_linestyle()[0][1] for c in axis.collections]
+    assert all(d is not None for d in dashes[:4]) and all(d is None for d in dashes[4:])  # patches dotted, tokens solid
     with pytest.raises(ValueError, match="does not match"):
         ResizePlan((10, 10), (28, 28), (2, 2), (1, 1)).check(picture)
 

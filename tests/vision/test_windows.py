@@ -5,7 +5,8 @@ import torch
 
 from anatomy import capture
 from anatomy.inputs import demo_image, encode
-from anatomy.vision.windows import window_figure, windows
+from anatomy.model import shipped_config
+from anatomy.vision.windows import cut_edges, window_figure, windows
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +33,14 @@ def test_window_figure_outlines_every_window(tiny, edge_batch):
     # pixel x covers x - 0.5 .. x + 0.5 in imshow's coordinates: a box drawn on pixel edges is shifted by half a pixel
     assert outlined == [tuple(v - 0.5 for v in box) for box in parts.boxes.tolist()]
     assert axis.images[0].get_array().shape[:2] == (280, 364)  # the image at the size the model saw it
+
+
+@pytest.mark.parametrize("grid", [(1, 20, 26), (1, 24, 26), (1, 20, 32), (1, 24, 32), (1, 8, 8)])
+@pytest.mark.parametrize("size", ["toy", "7B"])
+def test_cut_edges_are_the_edges_whose_windows_are_smaller(grid, size):
+    vision = shipped_config(size).vision_config
+    boxes = windows(grid, vision).boxes  # (windows, 4): x0, y0, x1, y1 in px
+    full = vision.window_size
+    smaller = [edge for edge, sides in (("bottom", boxes[:, 3] - boxes[:, 1]), ("right", boxes[:, 2] - boxes[:, 0]))
+               if (sides < full).any()]
+    assert cut_edges(grid, vision) == smaller
