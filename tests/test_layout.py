@@ -3,7 +3,7 @@
 The floor is what every lesson may use: ``model``, ``processor``, ``inputs``, ``capture/`` and ``lab/``.
 The lessons (``overview/``, ``vision/``, ``decoder/``) import the floor only, never each other, except the
 pairs listed in ``WITHIN_A_STAGE`` (a lesson built on another one of its own stage). Everything else
-(``sources``, ``toy/``, ``serving/``, ``dissect``, ``__main__``, ``processes``) sits on top.
+(``sources``, ``toy/``, ``serving/``, ``dissect``, ``__main__``, ``processes``, ``browser``) sits on top.
 """
 
 import ast
@@ -121,4 +121,5 @@ def test_every_stage_has_its_folder():
     stages = {path.name for path in ROOT.iterdir() if (path / "__init__.py").exists()}
     assert {"capture", "overview", "vision", "decoder", "lab", "toy", "serving"} <= stages
     flat = sorted(path.stem for path in ROOT.glob("*.py"))
-    assert flat == ["__init__", "__main__", "dissect", "inputs", "model", "processes", "processor", "sources"]
+    assert flat == ["__init__", "__main__", "browser", "dissect", "inputs", "model", "processes", "processor",
+                    "sources"]
