@@ -2,6 +2,8 @@
 
 python -m anatomy dissect IMAGE [--model SOURCE] [--out DIR] [--text QUESTION] [--max-pixels N] [--budget-gib G]
 python -m anatomy toy ensure|train|path|evaluate [--seed N] [--n N]
+python -m anatomy patch|knockout|heads CLEAN CORRUPT --question Q --answers GOOD BAD --out DIR [--plan] ...
+    (anatomy.causal.command; python -m anatomy patch -h)
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "toy", help="train, locate or evaluate the toy model (python -m anatomy toy -h)", add_help=False
     )
+    for verb, what in (("patch", "activation patching of two pictures over (site, cell group)"),
+                       ("knockout", "answer -> image attention knocked out per decoder layer"),
+                       ("heads", "one decoder attention head ablated at a time")):  # fmt: skip
+        commands.add_parser(verb, help=f"{what} (python -m anatomy {verb} -h)", add_help=False)
     return parser
 
 
@@ -36,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from anatomy.toy import main_toy
 
         return main_toy(argv[1:])
+    if argv[:1] in (["patch"], ["knockout"], ["heads"]):
+        from anatomy.causal.command import main as main_causal
+
+        return main_causal(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "dissect":
         from anatomy.dissect import dissect

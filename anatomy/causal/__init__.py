@@ -13,17 +13,24 @@
     attribution    attribution patching: every (site, group) and (site, position) from one gradient; ``compare``
     knockout       answer -> image attention blocked per decoder layer
     ablation       one decoder head zeroed at a time
+    knockouts      ``knockout_sweep``: answer -> image attention blocked per (decoder layer, cell group), any contrast
+    heads          ``head_sweep``: one decoder head zeroed, mean- or patch-ablated at a time, any contrast
     probes         linear probes on every cell at every depth, against a random-init control
     lens           the logit lens read on image tokens
     agreement      attention against causal effect, cell by cell
     cost           what a sweep costs, from a config (the 7B on a GPU)
+    calls          the model calls and memory of each sweep, counted without running it
+    plan           ``plan`` (``from anatomy.causal.plan import plan``): rows, passes, peak memory, time, before a run
+    command        ``python -m anatomy patch|knockout|heads``: two pictures in, figures and JSON out
 """
 
 from anatomy.causal.attribution import Attribution, RankAgreement, attribution, compare, top_cells
 from anatomy.causal.contrast import Check, Contrast, Pair, pair
 from anatomy.causal.edits import Edit, Knockout, Layout, Recording, knock_out, mean, patch, record, zero
 from anatomy.causal.groups import Groups, cell_groups
+from anatomy.causal.heads import Heads, head_sweep
 from anatomy.causal.interventions import intervene
+from anatomy.causal.knockouts import Knockouts, knockout_sweep
 from anatomy.causal.metrics import Metric, as_metric, log_prob, logit_diff, measure, probability
 from anatomy.causal.sweeps import CellEffects, PositionEffects, patching_sweep, position_sweep
 
@@ -34,7 +41,9 @@ __all__ = [
     "Contrast",
     "Edit",
     "Groups",
+    "Heads",
     "Knockout",
+    "Knockouts",
     "Layout",
     "Metric",
     "Pair",
@@ -45,8 +54,10 @@ __all__ = [
     "attribution",
     "cell_groups",
     "compare",
+    "head_sweep",
     "intervene",
     "knock_out",
+    "knockout_sweep",
     "log_prob",
     "logit_diff",
     "mean",

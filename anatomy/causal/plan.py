@@ -1,0 +1,276 @@
+"""Plan a sweep before running it: rows, forward passes, peak memory and time, for any specimen or released size.
+
+>>> p = plan("7B", sweep="patching", image_size=(448, 448), cells="window", device="H100")
+>>> print(p)                         # nothing runs: the 7B is a skeleton on the meta device
+>>> p = plan(spec, contrast, ld, sweep="knockout")      # time from one forward pass measured on spec
+>>> result = p.run()                 # the sweep itself, with exactly the arguments planned
+
+``sweep`` names the function planned; ``options`` are its own keyword arguments, defaults included:
+
+    "patching"     anatomy.causal.patching_sweep      sites, cells, direction, budget_gib
+    "positions"    anatomy.causal.position_sweep      sites, direction, budget_gib
+    "attribution"  anatomy.causal.attribution         sites, cells, direction, budget_gib
+    "knockout"     anatomy.causal.knockouts.knockout_sweep     layers, cells, budget_gib
+    "heads"        anatomy.causal.heads.head_sweep    layers, ablation, budget_gib
+
+What it counts:
+
+- rows: prompts run, summed over the model calls (a call on 8 copies is 8 rows); forward passes: the
+  model calls, each full (vision tower and decoder), vision only (the pictures' image tokens, computed
+  once for the copies that reuse them) or decoder only. Attribution's backward pass is counted apart.
+- FLOPs: ``anatomy.causal.cost`` per call; a backward as one more forward (gradients of activations only).
+- time: with ``device=None`` on a specimen with weights, one forward pass is run and timed, the vision
+  tower apart: the sweep's heaviest kind of call, on the clean prompt. Every call then takes its FLOPs in
+  the tower and in the decoder at the seconds per FLOP measured there. The pass may be the process's
+  first, which runs slower: then the estimate is high. Otherwise ``device`` names a GPU of
+  ``PEAK_FLOPS`` (default ``"H100"``) run at ``utilisation`` of its dense bf16 peak.
+- peak memory: the weights plus what the sweep itself checks against ``budget_gib`` (the estimates its
+  batch size comes from), with the largest pass it will run. A sweep over budget is planned with one copy
+  per pass and carries the refusal it would raise. The calls and bytes are counted in ``anatomy.causal.calls``.
+
+Sizes print in GiB (2^30 bytes) with two decimals, in MiB (2^20 bytes) below 1 GiB.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from anatomy.causal.attribution import attribution
+from anatomy.causal.calls import ESTIMATES, Pass
+from anatomy.causal.contrast import Contrast, Pair, pair
+from anatomy.causal.cost import PEAK_FLOPS
+from anatomy.causal.heads import head_sweep
+from anatomy.causal.knockouts import knockout_sweep
+from anatomy.causal.metrics import logit_diff
+from anatomy.causal.sweeps import patching_sweep, position_sweep
+from anatomy.inputs import demo_image
+from anatomy.model import Specimen, unwrap, vision_tower
+from anatomy.sources import load
+
+SWEEPS = {"patching": patching_sweep, "positions": position_sweep, "attribution": attribution,
+          "knockout": knockout_sweep, "heads": head_sweep}  # fmt: skip
+UTILISATION = 0.4  # the share of a GPU's dense bf16 peak a sweep is assumed to reach (anatomy.causal.cost)
+QUESTION = "What colour is the house?"
+
+
+@dataclass
+class Plan:
+    """A sweep's size and cost before it runs; ``run()`` runs it. ``passes``: each kind of call and how many."""
+
+    sweep: str
+    model: str
+    config: object = field(repr=False)
+    pairs: int
+    shape: str
+    copies: int
+    batch_size: int
+    passes: dict[Pass, int]
+    memory: dict[str, int]
+    budget_gib: float
+    refusal: str | None
+    seconds_per_flop: tuple[float, float]  # in the vision tower, in the decoder
+    timing: str
+    call: functools.partial = field(repr=False)
+
+    def run(self):
+        """Run the sweep planned, with exactly the arguments planned (on a specimen with weights)."""
+        spec = self.call.keywords["spec"]
+        if not spec.has_weights:
+            raise ValueError(f"{spec.source!r} is a skeleton without weights: a plan of it runs nothing; load a "
+                             f"specimen with weights to run the sweep")  # fmt: skip
+        return self.call()
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(self.passes.values())
+
+    @property
+    def backward_passes(self) -> int:
+        return sum(count for p, count in self.passes.items() if p.backward)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows * count for p, count in self.passes.items())
+
+    @property
+    def flops(self) -> float:
+        return sum(p.flops(self.config) * count for p, count in self.passes.items())
+
+    @property
+    def seconds(self) -> float:
+        vision, text = self.seconds_per_flop
+        return sum(count * (p.parts(self.config)[0] * vision + p.parts(self.config)[1] * text)
+                   for p, count in self.passes.items())  # fmt: skip
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.memory.values())
+
+    def __str__(self) -> str:
+        kinds = Counter()
+        for p, count in self.passes.items():
+            kinds["full" if p.vision and p.decoder else "vision only" if p.vision else "decoder only"] += count
+        backward = f", {self.backward_passes:,} backward" if self.backward_passes else ""
+        parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory.items())
+        budget = (f"over budget_gib={self.budget_gib:g}: {self.refusal}" if self.refusal
+                  else f"within budget_gib={self.budget_gib:g} (the weights apart)")  # fmt: skip
+        return "\n".join([
+            f"plan: {self.sweep} on {self.model}, {self.pairs} pair(s), {self.shape}",
+            (f"  {self.copies:,} (site, group) estimates, {self.batch_size:,} pair(s) per pass"
+             if self.sweep == "attribution" else f"  {self.copies:,} edited copies, {self.batch_size:,} per pass"),
+            f"  rows {self.rows:,}; forward passes {self.forward_passes:,} ("
+            + ", ".join(f"{count:,} {kind}" for kind, count in kinds.items()) + f"){backward}",
+            f"  {self.flops:.3g} FLOP, about {duration(self.seconds)} ({self.timing})",
+            f"  peak memory about {size_text(self.peak_bytes)}: {parts}",
+            f"  {budget}",
+        ])  # fmt: skip
+
+
+def size_text(size: float) -> str:
+    """Bytes for people: GiB with two decimals, MiB below 1 GiB. ``size_text(3 * 2**29) == '1.50 GiB'``."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+
+
+def duration(seconds: float) -> str:
+    """``0.25`` -> ``'0.25 s'``, ``4000`` -> ``'1 h 6 min'``."""
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    minutes = seconds / 60
+    return f"{minutes:.3g} min" if minutes < 60 else f"{int(minutes // 60)} h {int(minutes % 60)} min"
+
+
+@dataclass(repr=False)
+class Counted(Specimen):
+    """A skeleton whose prompts are encoded on the CPU: its own device (meta) holds no data. Counted, never run."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+def countable(spec) -> Specimen:
+    """``spec``, or for a skeleton the same model as a ``Counted``, so that pictures can be encoded for a plan."""
+    if spec.has_weights or isinstance(spec, Counted):
+        return spec
+    return Counted(spec.model, spec.source, spec.kind, lambda: spec.processor)  # the skeleton's own, built once
+
+
+def example_contrast(spec, height: int, width: int) -> Contrast:
+    """One pair of pictures of ``height`` x ``width`` px (a demo picture; a box painted black in the corrupted one),
+    asked ``QUESTION``: the prompt shapes a sweep on pictures of that size runs on."""
+    clean = np.array(demo_image(height, width))
+    corrupted = clean.copy()
+    corrupted[height // 4 : height // 2, width // 4 : width // 2] = 0
+    return Contrast([pair(spec, clean, QUESTION, corrupted_image=corrupted)])
+
+
+def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_size: tuple[int, int] = (448, 448),
+         device: str | None = None, utilisation: float = UTILISATION, **options) -> Plan:  # fmt: skip
+    """Plan ``sweep`` of ``contrast`` (None: ``example_contrast`` of ``image_size``, (height, width) px) with
+    ``metric`` (None: ``logit_diff`` of 'red' and 'blue') on ``spec`` (a Specimen, or a source ``anatomy.load``
+    takes: ``"7B"`` is the skeleton). Runs no model, except the one timing pass (see the module docstring)."""
+    spec = countable(load(spec) if isinstance(spec, str) else spec)
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep={sweep!r}; expected one of {sorted(SWEEPS)}")
+    if contrast is None:
+        contrast = example_contrast(spec, *image_size)
+    contrast = contrast if isinstance(contrast, Contrast) else Contrast([contrast] if isinstance(contrast, Pair)
+                                                                       else contrast)  # fmt: skip
+    metric = logit_diff(spec, "red", "blue") if metric is None else metric
+    try:
+        bound = inspect.signature(SWEEPS[sweep]).bind(spec, contrast, metric, **options)
+    except TypeError as error:
+        raise TypeError(f"{sweep} takes no such option ({error}); its options: {_options(sweep)}") from None
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    passes, memory, size, copies, refusal = ESTIMATES[sweep](arguments)
+    itemsize = unwrap(spec).dtype.itemsize
+    weights = sum(p.numel() for p in unwrap(spec).parameters()) * itemsize
+    timed_here = device is None and spec.has_weights and not refusal  # a job over budget runs nothing
+    rate, timing = _rate(spec, contrast, passes, None if timed_here else device or "H100", utilisation)
+    first = contrast.pairs[0]
+    (_, rows, cols), length = first.clean.grid_thw[0].tolist(), first.clean["input_ids"].shape[1]
+    side = spec.config.vision_config.patch_size
+    shape = (f"pictures {rows * side} x {cols * side} px: {first.grid[0]} x {first.grid[1]} cells, {rows * cols} "
+             f"patches, {length} tokens")  # fmt: skip
+    return Plan(sweep, f"{spec.source} ({spec.kind}, {unwrap(spec).dtype})", spec.config, len(contrast.pairs), shape,
+                copies, size, dict(passes), {"weights": weights, **memory}, arguments["budget_gib"], refusal, rate,
+                timing, functools.partial(SWEEPS[sweep], **arguments))  # fmt: skip
+
+
+def _options(sweep: str) -> list[str]:
+    return list(inspect.signature(SWEEPS[sweep]).parameters)[3:]
+
+
+def _rate(spec, contrast: Contrast, passes: Counter, device: str | None, utilisation: float) -> tuple[tuple, str]:
+    """Seconds per FLOP in the vision tower and in the decoder: measured by one forward pass on ``spec`` (``device``
+    None), or from ``device``'s peak at ``utilisation``."""
+    if device is None:
+        return measure_rate(spec, contrast, passes)
+    if device not in PEAK_FLOPS:
+        raise ValueError(f"device={device!r}; expected one of {sorted(PEAK_FLOPS)}, or None to time a pass here")
+    if not 0 < utilisation <= 1:
+        raise ValueError(f"utilisation={utilisation!r}; expected a share of the peak in (0, 1]")
+    rate = 1 / (PEAK_FLOPS[device] * utilisation)
+    return (rate, rate), f"an {device} at {utilisation:.0%} of its {PEAK_FLOPS[device] / 1e12:.0f} TFLOP/s bf16 peak"
+
+
+def measure_rate(spec, contrast: Contrast, passes: Counter) -> tuple[tuple[float, float], str]:
+    """Time one forward pass on ``spec``: as many copies of the first pair's clean prompt as the heaviest call of
+    ``passes`` has rows, through the whole model, the vision tower timed apart. Returns seconds per FLOP in the
+    tower and in the decoder, and what was timed."""
+    config, bare, spent = spec.config, unwrap(spec), {}
+    rows = max(passes, key=lambda p: p.flops(config)).rows
+    prompt = contrast.pairs[0].clean
+    batch = {key: torch.cat([value] * rows) for key, value in prompt.items()}
+    (_, height, width), length = prompt.grid_thw[0].tolist(), prompt["input_ids"].shape[1]
+    vision, text = Pass(rows, length, height * width, (height, width), vision=True).parts(config)
+
+    def clock(name: str):
+        def hook(*_):
+            _synchronize(spec.device)
+            spent[name] = time.perf_counter()
+        return hook
+
+    tower = vision_tower(bare)
+    handles = [tower.register_forward_pre_hook(clock("tower in")), tower.register_forward_hook(clock("tower out"))]
+    try:
+        clock("start")()
+        with torch.no_grad():
+            bare(**batch, logits_to_keep=1)
+        clock("end")()
+    finally:
+        for handle in handles:
+            handle.remove()
+    tower_seconds = spent["tower out"] - spent["tower in"]
+    total = spent["end"] - spent["start"]
+    return ((tower_seconds / vision, (total - tower_seconds) / text),
+            f"one forward pass of {rows} rows measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of it "
+            f"in the vision tower")  # fmt: skip
+
+
+def measured_peak(run, device) -> tuple[object, int]:
+    """``run()``'s result and the peak memory it reached, in bytes, to set beside ``Plan.peak_bytes`` (weights
+    included): on a GPU the CUDA allocator's peak during the run; on a CPU the process's resident high-water mark
+    (``ru_maxrss``), which counts the interpreter and everything before it: a benchmark measures each plan in a
+    fresh subprocess. For benchmarks; the package itself never calls it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        result = run()
+        return result, torch.cuda.max_memory_allocated(device)
+    result = run()
+    return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,210 @@
+"""Plans, each against a reference: the calls and rows the sweep makes (counted by hooks as it runs), torch's own
+FLOP counter on an eager forward pass, the sweeps' own batch sizes and refusals, and a skeleton that must not run."""
+
+import contextlib
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import anatomy
+from anatomy.causal import Contrast, logit_diff, pair
+from anatomy.causal.attribution import pairs_per_pass
+from anatomy.causal.calls import attribution_bytes, patching_bytes
+from anatomy.causal.cost import PEAK_FLOPS, decoder_flops, vision_flops
+from anatomy.causal.plan import measured_peak, plan, size_text
+from anatomy.causal.sweeps import batch_size
+from anatomy.causal.sweeps import plan as check_job
+from anatomy.inputs import demo_image, encode
+from anatomy.model import multimodal, unwrap, vision_tower
+
+QUESTION = "What colour is the house?"
+LONGER = "Is the house red, or is the house blue?"
+SITES = ["vision.blocks.1.output", "decoder.layers.0.input", "decoder.layers.2.output"]
+
+
+def picture(height=56, width=84, box=None):
+    """A demo picture as an (H, W, 3) uint8 array; ``box`` = (top, bottom, left, right) painted black."""
+    pixels = np.array(demo_image(height, width))
+    if box is not None:
+        top, bottom, left, right = box
+        pixels[top:bottom, left:right] = 0
+    return pixels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: tiny forward passes on a shared machine run several times faster than with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def contrast(tiny):
+    """Two pairs of two layouts (a short and a long question): two batches per side."""
+    corrupted = picture(box=(0, 56, 28, 84))
+    pairs = [pair(tiny, picture(), question, corrupted_image=corrupted) for question in (QUESTION, LONGER)]
+    return Contrast(pairs)
+
+
+@pytest.fixture(scope="module")
+def ld(tiny):
+    return logit_diff(tiny, "red", "blue")
+
+
+@contextlib.contextmanager
+def calls(model):
+    """Every model call inside the block as (kind, rows): ``"full"`` (pixels in), ``"decoder only"`` (image tokens
+    in), or ``"vision only"`` (the vision tower called outside a whole-model call)."""
+    bare, seen, inside = unwrap(model), [], []
+
+    def enter(module, args, kwargs):
+        inside.append(True)
+        seen.append(("full" if kwargs.get("pixel_values") is not None else "decoder only", len(kwargs["input_ids"])))
+
+    def leave(module, args, kwargs, output):
+        inside.pop()
+
+    def tower(module, args, kwargs):
+        if not inside:
+            seen.append(("vision only", len(kwargs.get("grid_thw", args[1] if len(args) > 1 else None))))
+
+    handles = [bare.register_forward_pre_hook(enter, with_kwargs=True),
+               bare.register_forward_hook(leave, with_kwargs=True),
+               vision_tower(bare).register_forward_pre_hook(tower, with_kwargs=True)]  # fmt: skip
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def planned_calls(p) -> Counter:
+    """The plan's calls as (kind, rows), each as many times as planned."""
+    kinds = Counter()
+    for one, count in p.passes.items():
+        kind = "full" if one.vision and one.decoder else "vision only" if one.vision else "decoder only"
+        kinds[(kind, one.rows)] += count
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def eager():
+    """The tiny model with eager attention: every product a matmul that torch's FLOP counter sees."""
+    return anatomy.load("tiny", attn_implementation="eager")
+
+
+@pytest.mark.parametrize("height, width", [(56, 84), (112, 168)])  # 112 x 168 px: windows cut at the right edge
+def test_flops_equal_torchs_count_of_an_eager_pass(eager, height, width):
+    prompt = encode(eager, demo_image(height, width), QUESTION)
+    (_, rows, cols), tokens = prompt["image_grid_thw"][0].tolist(), prompt["input_ids"].shape[1]
+    with FlopCounterMode(display=False) as whole, torch.no_grad():
+        eager.model(**prompt, logits_to_keep=1)
+    with FlopCounterMode(display=False) as tower, torch.no_grad():
+        multimodal(eager).get_image_features(prompt["pixel_values"], prompt["image_grid_thw"])
+    layers = eager.config.text_config.num_hidden_layers  # eager scores every query against every key
+    assert tower.get_total_flops() == vision_flops(eager.config, rows * cols, (rows, cols))
+    assert whole.get_total_flops() == vision_flops(eager.config, rows * cols, (rows, cols)) + decoder_flops(
+        eager.config, tokens, dense_layers=layers)
+
+
+CASES = [
+    ("patching", {"sites": SITES, "cells": "cell", "budget_gib": 0.006}),
+    ("patching", {"sites": SITES, "cells": "2x2", "direction": "corrupted->clean"}),
+    ("positions", {"sites": SITES[1:], "budget_gib": 0.03}),
+    ("attribution", {"sites": SITES[1:]}),  # decoder sites only: the pictures' image tokens apart
+    ("attribution", {"sites": SITES, "budget_gib": 0.01}),
+    ("knockout", {"cells": "cell", "layers": [0, 3], "budget_gib": 0.006}),
+    ("heads", {"ablation": "patch", "budget_gib": 0.004}),
+    ("heads", {"ablation": "zero", "layers": [1]}),
+]
+
+
+@pytest.mark.parametrize("sweep, options", CASES)
+def test_plan_counts_every_call_and_row_the_sweep_makes(tiny, contrast, ld, sweep, options):
+    planned = plan(tiny, contrast, ld, sweep=sweep, device="H100", **options)
+    with calls(tiny) as seen:
+        result = planned.run()
+    assert Counter(seen) == planned_calls(planned)
+    assert len(seen) == planned.forward_passes and sum(rows for _, rows in seen) == planned.rows
+    assert planned.refusal is None and planned.batch_size == (result.cells if sweep == "attribution"
+                                                                else result).batch_size  # fmt: skip
+    if options.get("budget_gib", 4) < 0.01 and sweep != "attribution":  # small budgets: copies cut into passes
+        assert max(rows for _, rows in seen) == planned.batch_size < planned.copies // len(contrast.pairs)
+
+
+def test_byte_estimates_are_the_ones_the_sweeps_size_their_batches_by(tiny, contrast, ld):
+    job = check_job(tiny, contrast, ld, SITES, "clean->corrupted")
+    for rows in contrast.groups:
+        one = Contrast([contrast.pairs[r] for r in rows])
+        alone = check_job(tiny, one, ld, SITES, "clean->corrupted")
+        fixed, copy, least = patching_bytes(job, rows)
+        exact = (sum(fixed.values()) + max(copy, least)) / 2**30  # the smallest budget batch_size accepts
+        assert batch_size(alone, exact) == 1
+        with pytest.raises(MemoryError):
+            batch_size(alone, exact - 1 / 2**30)
+        per_pair = sum(attribution_bytes(job, rows).values()) / 2**30
+        assert pairs_per_pass(alone, per_pair) == 1
+        with pytest.raises(MemoryError):
+            pairs_per_pass(alone, per_pair - 1 / 2**30)
+    assert plan(tiny, contrast, ld, sites=SITES, budget_gib=0.01, device="H100").batch_size == batch_size(job, 0.01)
+
+
+@pytest.mark.parametrize("sweep", ["patching", "attribution", "knockout", "heads"])
+def test_a_plan_over_budget_carries_the_sweeps_own_refusal(tiny, contrast, ld, sweep):
+    planned = plan(tiny, contrast, ld, sweep=sweep, device="H100", budget_gib=1e-4)
+    with calls(tiny) as seen, pytest.raises(MemoryError) as refused:
+        planned.run()
+    assert str(refused.value) == planned.refusal and not seen
+    assert planned.batch_size == 1 and "over budget_gib=0.0001" in str(planned)
+
+
+def test_a_plan_of_the_7B_runs_nothing():
+    skeleton = anatomy.load("7B")
+    with calls(skeleton) as seen:
+        plans = {sweep: plan(skeleton, sweep=sweep, image_size=(448, 448), cells=cells)
+                 for sweep, cells in (("patching", "window"), ("knockout", "image"))}  # fmt: skip
+        plans["heads"] = plan(skeleton, sweep="heads", image_size=(448, 448))
+    assert not seen and all(p.device.type == "meta" for p in skeleton.model.parameters())
+    patching = plans["patching"]  # 448 px: 16 x 16 cells in 16 windows; 32 vision blocks, 28 + 1 decoder sites
+    assert patching.copies == (32 + 29) * 16 and patching.forward_passes == 3 + 61 * -(-16 // patching.batch_size)
+    assert plans["knockout"].copies == 28 and plans["heads"].copies == 28 * 28
+    weights = sum(p.numel() for p in skeleton.model.parameters()) * 2
+    assert patching.memory["weights"] == weights and "GiB" in str(patching)
+    assert patching.seconds == pytest.approx(patching.flops / (PEAK_FLOPS["H100"] * 0.4))
+    with pytest.raises(ValueError, match="skeleton"):
+        patching.run()
+
+
+def test_time_comes_from_one_pass_here_or_a_named_gpus_peak(tiny, contrast, ld):
+    with calls(tiny) as seen:
+        here = plan(tiny, contrast, ld, sites=SITES, cells="2x2")
+    heaviest = max(here.passes, key=lambda p: p.flops(tiny.config))
+    assert seen == [("full", heaviest.rows)] and "measured on cpu" in here.timing and here.seconds > 0
+    with calls(tiny) as seen:
+        there = plan(tiny, contrast, ld, sites=SITES, cells="2x2", device="A100", utilisation=0.5)
+    assert not seen and there.seconds == pytest.approx(there.flops / (312e12 * 0.5))
+
+
+def test_sizes_print_in_gib_or_mib():
+    assert (size_text(3 * 2**29), size_text(5 * 2**20), size_text(2**30 - 2**20)) == (
+        "1.50 GiB", "5.00 MiB", "1023.00 MiB")
+
+
+def test_measured_peak_returns_the_run_and_the_processs_high_water_mark(tiny, contrast, ld):
+    planned = plan(tiny, contrast, ld, sweep="knockout", device="H100")
+    result, peak = measured_peak(planned.run, "cpu")
+    assert result.forward_passes == planned.forward_passes and peak >= planned.memory["weights"]
+
+
+def test_bad_options_are_refused_naming_the_sweeps_own(tiny, contrast, ld):
+    with pytest.raises(TypeError, match="its options: \\['sites', 'direction', 'budget_gib'\\]"):
+        plan(tiny, contrast, ld, sweep="positions", cells="2x2")
+    with pytest.raises(ValueError, match="sweep='patch'"):
+        plan(tiny, contrast, ld, sweep="patch")
+    with pytest.raises(ValueError, match="ablation='half'"):
+        plan(tiny, contrast, ld, sweep="heads", ablation="half", device="H100")
