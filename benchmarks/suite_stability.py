@@ -37,7 +37,7 @@ ROWS = Path(__file__).with_name("suite_stability.jsonl")
 BROWSER = ["-m", "anatomy.processes", "suite", "--", sys.executable, "-m", "pytest", "-q", "--durations=10",
            "tests/browser"]
 PARTS = ("unit", "doctests", "notebooks", "browser")  # the pytest runs of `make test`, in order
-DURATION = re.compile(r"^(\d+\.\d+)s (setup|call|teardown)\s+(\S+)", re.M)
+DURATION = re.compile(r"^(\d+\.\d+)s (setup|call|teardown)\s+(\S.*?)\s*$", re.M)  # "...::Cell 6" too
 SUMMARY = re.compile(r"^=*\s*(\d+ (?:passed|failed|error|errors|skipped|xfailed|deselected)\b.*?) in ([\d.]+)s", re.M)
 LEFT = re.compile(r"^leftover check: (\d+) processes or files left by the suite \(run \w+, ([\d.]+) s\)", re.M)
 LEFT_NAMES = re.compile(r"^the suite left \(now killed or removed\): (.*)$", re.M)
@@ -157,7 +157,8 @@ def render_time(rows: list[dict]) -> str:
               f"| **make test, in all** (the browser finder and make's own steps included) | | **{total:.0f}** "
               f"({total / 60:.1f} min) |", ""]
     for name, part in row["parts"].items():
-        lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"]] + [""]
+        lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"] or ["not timed (no --durations)"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -12,6 +12,17 @@ import anatomy  # noqa: E402
 from anatomy.inputs import demo_image, encode  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny
+    model's matrices gain nothing from a second thread, and on a 2-core machine shared with other processes
+    two threads waiting for each other made small forward passes several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     return anatomy.load("tiny")

@@ -27,14 +27,7 @@ HEIGHT, WIDTH = 140, 196  # 10 x 14 patches, 5 x 7 cells: 2 x 2 vision windows, 
 SMALL = ["--model", "tiny", "--height", str(HEIGHT), "--width", str(WIDTH), "--batch-rows", "5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrices are too small to gain from a second thread; on a 2-core machine shared with
-    other processes, two threads waiting for each other made these checks 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

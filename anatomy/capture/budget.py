@@ -31,6 +31,13 @@ def check_budget(estimate: int, budget_bytes: int | None, advice: str) -> None:
         )
 
 
+def check_gib(budget_gib) -> float:
+    """``budget_gib`` if it is a positive number of GiB; else one ``ValueError`` naming it."""
+    if isinstance(budget_gib, bool) or not isinstance(budget_gib, (int, float)) or not budget_gib > 0:
+        raise ValueError(f"budget_gib={budget_gib!r}; expected a positive number of GiB")
+    return budget_gib
+
+
 def check_job_budget(parts: dict[str, int], budget_gib: float, advice: str) -> None:
     """Refuse a job (``MemoryError``) whose parts (bytes each) add up to more than ``budget_gib`` GiB; the
     message names every part, in GiB to two decimals, and ends with ``advice``.

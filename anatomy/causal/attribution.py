@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.capture.budget import check_job_budget
+from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.cache import to_raster
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site
 from anatomy.causal.groups import Groups, cell_groups, draw
@@ -111,8 +111,7 @@ def graph_bytes(config, tokens: int, patches: int, keep: int, vision: bool, item
 
 def pairs_per_pass(job: Job, budget_gib: float) -> int:
     """Pairs run together within ``budget_gib``; refuses (MemoryError) a job over budget with one pair."""
-    if isinstance(budget_gib, bool) or not isinstance(budget_gib, (int, float)) or not budget_gib > 0:
-        raise ValueError(f"budget_gib={budget_gib!r}; expected a positive number of GiB")
+    check_gib(budget_gib)
     config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
     vision = any(site.order != NONE for site in job.sites)
     sizes = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomy.capture.budget import check_job_budget
+from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.orders import window_lengths
 
 H200_BF16_FLOPS = 989e12  # dense bf16 peak, FLOP/s (the H100's is the same)
@@ -117,7 +117,6 @@ def copies_per_pass(fixed: dict[str, int], copy: int, least: int, budget_gib: fl
     >>> copies_per_pass({"recorded activations": 2**29}, 2**28, 2**28, 1.0, "use fewer sites")
     2
     """
-    if isinstance(budget_gib, bool) or not isinstance(budget_gib, (int, float)) or not budget_gib > 0:
-        raise ValueError(f"budget_gib={budget_gib!r}; expected a positive number of GiB")
+    check_gib(budget_gib)
     check_job_budget({**fixed, "largest pass": max(copy, least)}, budget_gib, advice)
     return int((budget_gib * 2**30 - sum(fixed.values())) // copy)

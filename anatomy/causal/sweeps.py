@@ -43,7 +43,7 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anatomy.capture import capture
-from anatomy.capture.budget import check_job_budget
+from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site, resolve
 from anatomy.causal.contrast import SIDES, Contrast, Pair
 from anatomy.causal.edits import Layout, Recording, patch
@@ -193,8 +193,7 @@ def _shape(job: Job, rows: list[int]) -> tuple[int, int, int]:
 
 def batch_size(job: Job, budget_gib: float) -> int:
     """Copies per forward pass within ``budget_gib``; refuses (MemoryError) a job over budget with one copy."""
-    if isinstance(budget_gib, bool) or not isinstance(budget_gib, (int, float)) or not budget_gib > 0:
-        raise ValueError(f"budget_gib={budget_gib!r}; expected a positive number of GiB")
+    check_gib(budget_gib)
     config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
     vision = any(site.order != NONE for site in job.sites)
     sizes = []

@@ -29,27 +29,12 @@ from anatomy.toy import sample
 QUESTION = "What colour is the house?"
 
 
-def picture(box=None):
-    """The 56 x 84 px demo picture (2 x 3 cells); ``box`` = (top, bottom, left, right) painted black."""
-    pixels = np.array(demo_image(56, 84))
-    if box is not None:
-        top, bottom, left, right = box
-        pixels[top:bottom, left:right] = 0
-    return pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: tiny forward passes on a shared machine run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def two(tiny):
-    return pair(tiny, picture(), QUESTION, corrupted_image=picture(box=(0, 56, 28, 84)))
+def two(tiny, painted):
+    return pair(tiny, painted(), QUESTION, corrupted_image=painted(box=(0, 56, 28, 84)))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +95,8 @@ def test_gradient_path_equals_torch_autograd_by_hand(tiny, two, spread, directio
         clean if direction == "corrupted->clean" else corrupted, abs=1e-5)  # fmt: skip
 
 
-def test_prompts_of_other_layouts_take_the_counterpart_activation(tiny):
-    longer = pair(tiny, picture(), QUESTION, corrupted_question="Is the house red, or is the house blue?")
+def test_prompts_of_other_layouts_take_the_counterpart_activation(tiny, painted):
+    longer = pair(tiny, painted(), QUESTION, corrupted_question="Is the house red, or is the house blue?")
     metric, site = logit_diff(tiny, "red", "blue"), "decoder.layers.2.input"
     found = attribution(tiny, longer, metric, [site]).positions
     with torch.no_grad(), capture(tiny, site) as cache:

@@ -18,28 +18,13 @@ from anatomy.vision.video import moving_square
 QUESTION = "What colour is the house?"
 
 
-def picture(height=56, width=84, box=None):
-    """A demo picture as an (H, W, 3) uint8 array; ``box`` = (top, bottom, left, right) painted black."""
-    pixels = np.array(demo_image(height, width))
-    if box is not None:
-        top, bottom, left, right = box
-        pixels[top:bottom, left:right] = 0
-    return pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: tiny forward passes on a shared machine run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def two(tiny):
+def two(tiny, painted):
     """One question about two pictures of one size (2 x 3 cells), differing in a box across cells."""
-    return pair(tiny, picture(), QUESTION, corrupted_image=picture(box=(20, 40, 50, 60)))
+    return pair(tiny, painted(), QUESTION, corrupted_image=painted(box=(20, 40, 50, 60)))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +74,8 @@ def test_metrics_equal_the_models_own_logits(tiny, two):
     assert float(logit_diff(tiny, "red", "blue")(full)[0]) == pytest.approx(float(full[0, -1, red] - full[0, -1, blue]))
 
 
-def test_log_prob_equals_a_loop_of_forwards(tiny, two):
-    other = pair(tiny, picture(box=(0, 28, 0, 28)), QUESTION, corrupted_image=picture(box=(28, 56, 28, 84)))
+def test_log_prob_equals_a_loop_of_forwards(tiny, two, painted):
+    other = pair(tiny, painted(box=(0, 28, 0, 28)), QUESTION, corrupted_image=painted(box=(28, 56, 28, 84)))
     answers = ["a red circle", "blue"]  # 3 tokens and 1: one batch, the shorter answer padded
     contrast = Contrast([two, other])
     assert contrast.groups == [[0, 1]]
@@ -100,9 +85,9 @@ def test_log_prob_equals_a_loop_of_forwards(tiny, two):
         assert found.corrupted[i] == pytest.approx(forced_by_loop(tiny, p.corrupted, text), abs=1e-4)
 
 
-def test_batches_equal_unbatched_runs(tiny, two):
-    longer = pair(tiny, picture(), QUESTION, corrupted_question="Is the house red, or is the house blue?")
-    third = pair(tiny, picture(box=(0, 10, 0, 84)), QUESTION, corrupted_image=picture(box=(40, 56, 0, 30)))
+def test_batches_equal_unbatched_runs(tiny, two, painted):
+    longer = pair(tiny, painted(), QUESTION, corrupted_question="Is the house red, or is the house blue?")
+    third = pair(tiny, painted(box=(0, 10, 0, 84)), QUESTION, corrupted_image=painted(box=(40, 56, 0, 30)))
     pairs = [two, longer, third]
     assert Contrast(pairs).groups == [[0, 2], [1]]  # `longer`'s corrupted prompt has its own layout
     assert Contrast(pairs, batch_size=1).groups == [[0], [2], [1]]
@@ -115,8 +100,8 @@ def test_batches_equal_unbatched_runs(tiny, two):
         assert together.clean_answers[i] == alone.clean_answers[0]
 
 
-def test_resize_equals_a_picture_resized_by_hand(tiny):
-    small, big = picture(56, 84), picture(112, 168, box=(0, 50, 0, 60))  # 2 x 3 cells and 4 x 6, both 2:3
+def test_resize_equals_a_picture_resized_by_hand(tiny, painted):
+    small, big = painted(56, 84), painted(112, 168, box=(0, 50, 0, 60))  # 2 x 3 cells and 4 x 6, both 2:3
     with pytest.raises(ValueError, match=r"grids differ.*2 x 3 cells.*4 x 6 cells.*match='resize'.*56 x 84 px"):
         pair(tiny, small, QUESTION, corrupted_image=big)
     matched = pair(tiny, small, QUESTION, corrupted_image=big, match="resize")
@@ -126,14 +111,14 @@ def test_resize_equals_a_picture_resized_by_hand(tiny):
 
 
 @pytest.mark.parametrize("match", [None, "resize"])
-def test_different_aspect_ratios_are_refused(tiny, match):
+def test_different_aspect_ratios_are_refused(tiny, match, painted):
     with pytest.raises(ValueError, match=r"aspect ratios differ.*56 x 84 px.*56 x 112 px"):
-        pair(tiny, picture(56, 84), QUESTION, corrupted_image=picture(56, 112), match=match)
+        pair(tiny, painted(56, 84), QUESTION, corrupted_image=painted(56, 112), match=match)
 
 
 @pytest.mark.parametrize("box", [(20, 40, 50, 60), (0, 28, 0, 28), (30, 31, 83, 84), (0, 56, 27, 29)])
-def test_changed_cells_equal_a_raw_pixel_comparison(tiny, box):
-    clean, corrupted = picture(), picture(box=box)
+def test_changed_cells_equal_a_raw_pixel_comparison(tiny, box, painted):
+    clean, corrupted = painted(), painted(box=box)
     reference = (clean != corrupted).reshape(2, 28, 3, 28, 3).any((1, 3, 4))  # (rows, 28 px, cols, 28 px, RGB)
     found = pair(tiny, clean, QUESTION, corrupted_image=corrupted)
     assert found.grid == (2, 3) and np.array_equal(found.changed, reference)
@@ -155,8 +140,8 @@ def test_toy_changed_cells_equal_the_scene_cells(toy):
         np.testing.assert_allclose(getattr(found, side), expected[:, 0].numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_text_aligns_from_the_end_and_the_picture_by_cell(tiny):
-    found = pair(tiny, picture(), QUESTION, corrupted_question="Is it red?")
+def test_text_aligns_from_the_end_and_the_picture_by_cell(tiny, painted):
+    found = pair(tiny, painted(), QUESTION, corrupted_question="Is it red?")
     clean, corrupted = found.clean["input_ids"][0], found.corrupted["input_ids"][0]
     image = tiny.config.image_token_id
     assert not found.changed.any()
@@ -172,16 +157,16 @@ def test_text_aligns_from_the_end_and_the_picture_by_cell(tiny):
     assert (found.counterpart[after + shorter :] >= 0).all()
 
 
-def test_an_explicit_map_replaces_the_text_alignment(tiny):
-    found = pair(tiny, picture(), QUESTION, corrupted_question="Is it red?", positions={-1: -1, 0: 3})
+def test_an_explicit_map_replaces_the_text_alignment(tiny, painted):
+    found = pair(tiny, painted(), QUESTION, corrupted_question="Is it red?", positions={-1: -1, 0: 3})
     clean, corrupted = found.clean["input_ids"][0], found.corrupted["input_ids"][0]
     text = clean != tiny.config.image_token_id
     assert found.counterpart[-1] == len(corrupted) - 1 and found.counterpart[0] == 3
     assert (found.counterpart[text] >= 0).sum() == 2
     with pytest.raises(ValueError, match="image token"):
-        pair(tiny, picture(), QUESTION, positions={int((~text).nonzero()[0]): 0})
+        pair(tiny, painted(), QUESTION, positions={int((~text).nonzero()[0]): 0})
     with pytest.raises(ValueError, match=r"corrupted position 99 is outside"):
-        pair(tiny, picture(), QUESTION, positions={0: 99})
+        pair(tiny, painted(), QUESTION, positions={0: 99})
 
 
 def hooks(model) -> int:
@@ -189,24 +174,24 @@ def hooks(model) -> int:
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda t: pair(t, picture(56, 84), QUESTION, corrupted_image=picture(56, 112)), r"aspect ratios differ"),
-    (lambda t: pair(t, picture(56, 84), QUESTION, corrupted_image=picture(112, 168)), r"grids differ"),
-    (lambda t: pair(t, picture(), QUESTION, match="stretch"), r"match='stretch'"),
-    (lambda t: logit_diff(t, "a red circle", "blue"), r"'a red circle' is 3 tokens \['a', ' red', ' circle'\]"),
-    (lambda t: probability(t, ""), r"answer '' is empty"),
-    (lambda t: log_prob(t, ["red", ""]), r"answer '' is empty"),
-    (lambda t: pair(t, moving_square(), QUESTION), r"image is a video \(Clip of 20 frames\)"),
-    (lambda t: pair(t, picture(), QUESTION, corrupted_image=moving_square().frames), r"shape \(20, 112, 140, 3\)"),
-    (lambda t: pair(t, "clip.mp4", QUESTION), r"a video file, 'clip.mp4'"),
-    (lambda t: pair(t, picture(), QUESTION).check(logit_diff(t, ["red", "blue"], "green")),
+    (lambda t, draw: pair(t, draw(56, 84), QUESTION, corrupted_image=draw(56, 112)), r"aspect ratios differ"),
+    (lambda t, draw: pair(t, draw(56, 84), QUESTION, corrupted_image=draw(112, 168)), r"grids differ"),
+    (lambda t, draw: pair(t, draw(), QUESTION, match="stretch"), r"match='stretch'"),
+    (lambda t, draw: logit_diff(t, "a red circle", "blue"), r"'a red circle' is 3 tokens \['a', ' red', ' circle'\]"),
+    (lambda t, draw: probability(t, ""), r"answer '' is empty"),
+    (lambda t, draw: log_prob(t, ["red", ""]), r"answer '' is empty"),
+    (lambda t, draw: pair(t, moving_square(), QUESTION), r"image is a video \(Clip of 20 frames\)"),
+    (lambda t, draw: pair(t, draw(), QUESTION, corrupted_image=moving_square().frames), r"shape \(20, 112, 140, 3\)"),
+    (lambda t, draw: pair(t, "clip.mp4", QUESTION), r"a video file, 'clip.mp4'"),
+    (lambda t, draw: pair(t, draw(), QUESTION).check(logit_diff(t, ["red", "blue"], "green")),
      r"2 answers \['red', 'blue'\] for 1 rows"),
 ])  # fmt: skip
-def test_bad_input_stops_before_the_model_runs(tiny, bad, message):
+def test_bad_input_stops_before_the_model_runs(tiny, painted, bad, message):
     before, calls = hooks(tiny.model), []
     handle = tiny.model.register_forward_pre_hook(lambda *args: calls.append(1))
     try:
         with pytest.raises(ValueError, match=message) as error:
-            bad(tiny)
+            bad(tiny, painted)
     finally:
         handle.remove()
     assert calls == [] and hooks(tiny.model) == before

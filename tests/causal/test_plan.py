@@ -25,29 +25,14 @@ LONGER = "Is the house red, or is the house blue?"
 SITES = ["vision.blocks.1.output", "decoder.layers.0.input", "decoder.layers.2.output"]
 
 
-def picture(height=56, width=84, box=None):
-    """A demo picture as an (H, W, 3) uint8 array; ``box`` = (top, bottom, left, right) painted black."""
-    pixels = np.array(demo_image(height, width))
-    if box is not None:
-        top, bottom, left, right = box
-        pixels[top:bottom, left:right] = 0
-    return pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: tiny forward passes on a shared machine run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def contrast(tiny):
+def contrast(tiny, painted):
     """Two pairs of two layouts (a short and a long question): two batches per side."""
-    corrupted = picture(box=(0, 56, 28, 84))
-    pairs = [pair(tiny, picture(), question, corrupted_image=corrupted) for question in (QUESTION, LONGER)]
+    corrupted = painted(box=(0, 56, 28, 84))
+    pairs = [pair(tiny, painted(), question, corrupted_image=corrupted) for question in (QUESTION, LONGER)]
     return Contrast(pairs)
 
 

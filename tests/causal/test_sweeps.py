@@ -33,34 +33,19 @@ LONGER = "Is the house red, or is the house blue?"
 SITES = ["vision.blocks.1.output", "decoder.layers.0.input", "decoder.layers.2.output"]
 
 
-def picture(height=56, width=84, box=None):
-    """A demo picture as an (H, W, 3) uint8 array; ``box`` = (top, bottom, left, right) painted black."""
-    pixels = np.array(demo_image(height, width))
-    if box is not None:
-        top, bottom, left, right = box
-        pixels[top:bottom, left:right] = 0
-    return pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: tiny forward passes on a shared machine run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def two(tiny):
+def two(tiny, painted):
     """One question about two pictures of 2 x 3 cells; the right two thirds blacked out in the corrupted one."""
-    return pair(tiny, picture(), QUESTION, corrupted_image=picture(box=(0, 56, 28, 84)))
+    return pair(tiny, painted(), QUESTION, corrupted_image=painted(box=(0, 56, 28, 84)))
 
 
 @pytest.fixture(scope="module")
-def longer(tiny):
+def longer(tiny, painted):
     """The same picture, asked in a longer question: the two prompts have different layouts."""
-    return pair(tiny, picture(), QUESTION, corrupted_question=LONGER)
+    return pair(tiny, painted(), QUESTION, corrupted_question=LONGER)
 
 
 def last_logits_all(spec, batch, edits=()) -> torch.Tensor:
@@ -144,9 +129,9 @@ def test_sweep_equals_one_unbatched_patch_per_copy(tiny, two, spread, direction)
             assert sweep.effects[0, s, g] == pytest.approx((patched - corrupted) / (clean - corrupted), abs=1e-4)
 
 
-def test_teacher_forced_sweep_equals_one_unbatched_patch_per_copy(tiny, two):
+def test_teacher_forced_sweep_equals_one_unbatched_patch_per_copy(tiny, two, painted):
     metric = log_prob(tiny, ["a red circle", "blue"])  # 3 tokens and 1: the shorter answer reads from the prompt's end
-    other = pair(tiny, picture(box=(0, 28, 0, 28)), QUESTION, corrupted_image=picture())
+    other = pair(tiny, painted(box=(0, 28, 0, 28)), QUESTION, corrupted_image=painted())
     pairs, site = [two, other], "decoder.layers.1.input"
     sweep = patching_sweep(tiny, pairs, metric, [site], cells=[(0, 0, 40, 56), (30, 10, 84, 40)], budget_gib=0.02)
     for i, p in enumerate(pairs):
@@ -225,27 +210,27 @@ def hooks(model) -> int:
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda t, p, m: patching_sweep(t, p, m, ["decoder.layers.9.input"]), r"index 9 is out of range.*4 layers"),
-    (lambda t, p, m: patching_sweep(t, p, m, ["decoder.position_ids"]), r"'decoder.position_ids' is not an activation"),
-    (lambda t, p, m: patching_sweep(t, p, m, cells=[(0, 0, 90, 10)]), r"box \(0, 0, 90, 10\) is not inside.*84 x 56"),
-    (lambda t, p, m: patching_sweep(t, p, m, cells=[(10, 0, 10, 5)]), r"0 <= x0 < x1 <= 84"),
-    (lambda t, p, m: patching_sweep(t, p, m, cells="3x3"), r"cells='3x3'; expected one of"),
-    (lambda t, p, m: patching_sweep(t, p, m, cells=cell_groups(t, (4, 4), "cell")), r"made for a 4 x 4 grid.*2 x 3"),
-    (lambda t, p, m: patching_sweep(t, p, m, budget_gib=1e-6), r"above budget_gib=1e-06.*fewer sites"),
-    (lambda t, p, m: patching_sweep(t, p, as_metric(lambda x: x.sum(), "sum")), r"returned \(\); expected .*\(1,\)"),
-    (lambda t, p, m: patching_sweep(t, p, as_metric(lambda x: x[:, 0] * np.nan, "nan")), r"returned NaN"),
-    (lambda t, p, m: patching_sweep(t, p, logit_diff(t, ["red", "blue"], "green")), r"2 answers.*for 1 rows"),
-    (lambda t, p, m: patching_sweep(t, p, m, direction="both"), r"direction='both'"),
-    (lambda t, p, m: position_sweep(t, p, m, ["vision.blocks.0.output"]), r"vision tower, which has no prompt"),
-    (lambda t, p, m: patching_sweep(t, Contrast([p, pair(t, picture(56, 56), QUESTION)]), m), r"grids \[\(2, 2\), \(2, 3"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, ["decoder.layers.9.input"]), r"index 9 is out of range.*4 layers"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, ["decoder.position_ids"]), r"'decoder.position_ids' is not an activation"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, cells=[(0, 0, 90, 10)]), r"box \(0, 0, 90, 10\) is not inside.*84 x 56"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, cells=[(10, 0, 10, 5)]), r"0 <= x0 < x1 <= 84"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, cells="3x3"), r"cells='3x3'; expected one of"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, cells=cell_groups(t, (4, 4), "cell")), r"made for a 4 x 4 grid.*2 x 3"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, budget_gib=1e-6), r"above budget_gib=1e-06.*fewer sites"),
+    (lambda t, p, m, draw: patching_sweep(t, p, as_metric(lambda x: x.sum(), "sum")), r"returned \(\); expected .*\(1,\)"),
+    (lambda t, p, m, draw: patching_sweep(t, p, as_metric(lambda x: x[:, 0] * np.nan, "nan")), r"returned NaN"),
+    (lambda t, p, m, draw: patching_sweep(t, p, logit_diff(t, ["red", "blue"], "green")), r"2 answers.*for 1 rows"),
+    (lambda t, p, m, draw: patching_sweep(t, p, m, direction="both"), r"direction='both'"),
+    (lambda t, p, m, draw: position_sweep(t, p, m, ["vision.blocks.0.output"]), r"vision tower, which has no prompt"),
+    (lambda t, p, m, draw: patching_sweep(t, Contrast([p, pair(t, draw(56, 56), QUESTION)]), m), r"grids \[\(2, 2\), \(2, 3"),
 ])  # fmt: skip
-def test_bad_input_is_refused_before_the_model_runs(tiny, two, bad, message):
+def test_bad_input_is_refused_before_the_model_runs(tiny, two, painted, bad, message):
     before, calls = hooks(tiny.model), []
     handles = [module.register_forward_pre_hook(lambda *args: calls.append(1))
                for module in (tiny.model, vision_tower(tiny))]  # fmt: skip
     try:
         with pytest.raises((ValueError, MemoryError), match=message):
-            bad(tiny, two, logit_diff(tiny, "red", "blue"))
+            bad(tiny, two, logit_diff(tiny, "red", "blue"), painted)
     finally:
         for handle in handles:
             handle.remove()
