@@ -70,7 +70,8 @@ html: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
-	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py; do \
+	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py \
+	              benchmarks/attribution_agreement.py; do \
 	    $(PY) $$script || exit 1; done
 
 clean:
