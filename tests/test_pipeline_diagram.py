@@ -1,4 +1,5 @@
-"""The pipeline diagram (README and notebook 00): every site it names resolves, every notebook it names exists."""
+"""The pipeline diagram (README and notebook 00): one Mermaid block, drawn by notebook 00 and the site from the
+package's copy; every site it names resolves, every notebook it names exists."""
 
 import json
 import re
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from anatomy.capture.sites import site_table
+from anatomy.lab import diagram
 
 ROOT = Path(__file__).parent.parent
 
@@ -21,9 +23,14 @@ def diagrams() -> dict[str, str]:
     return {name: blocks[0] for name, blocks in found.items()}
 
 
-def test_the_readme_and_notebook_00_show_the_same_diagram():
+def test_the_readme_and_notebook_00_show_the_same_diagram_the_package_draws():
     readme, notebook = diagrams().values()
-    assert readme == notebook
+    assert readme == notebook == diagram.PIPELINE
+
+
+def test_notebook_00_draws_the_diagram():
+    cells = json.loads((ROOT / "notebooks" / "00_serving_and_chat_api.ipynb").read_text())["cells"]
+    assert any("diagram.draw(diagram.PIPELINE)" in "".join(c["source"]) for c in cells if c["cell_type"] == "code")
 
 
 @pytest.mark.parametrize("where", ["README.md", "notebook 00"])
