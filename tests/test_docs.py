@@ -53,8 +53,8 @@ def within_budget(spec, pairs: Contrast, sweep: str) -> tuple[object, int | None
 
 
 def rows(size: str) -> list[str]:
-    """The guide's rows for ``size``: GPU (bf16) with the default pixel cap, CPU (float32) for dissect, and the
-    patching sweep without the cap."""
+    """The guide's rows for ``size``: GPU (bf16) with the default pixel cap, CPU (float32) for dissect, the
+    patching sweep without the cap, and the notebooks (one bf16 copy; 07's two; 03's float32 on the CPU)."""
     spec = countable(anatomy.load(size))
     count = sum(p.numel() for p in unwrap(spec).parameters())
     capped = contrast(spec, DEFAULT_MAX_PIXELS)
@@ -70,7 +70,8 @@ def rows(size: str) -> list[str]:
            f"{size_text(4 * count + sum(held.values()))} |")  # fmt: skip
     whole, budget = within_budget(spec, contrast(spec, None), "patching")
     uncapped = f"| {size} | {budget} | {size_text(whole.peak_bytes)} | {duration(whole.seconds)} |"
-    return [gpu, cpu, uncapped]
+    notebooks = f"| {size} | {size_text(2 * count)} | {size_text(4 * count)} | {size_text(4 * count)} |"
+    return [gpu, cpu, uncapped, notebooks]
 
 
 @pytest.mark.timeout(900)
@@ -96,12 +97,13 @@ def parameters_cell(notebook: Path) -> str:
     return "".join(next(c["source"] for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])))
 
 
-def test_real_weights_lists_the_notebooks_with_a_source_parameter():
-    """The guide's line of notebooks that take ``SOURCE`` is what their ``parameters`` cells say."""
-    line = next(line for line in REAL_WEIGHTS.read_text().splitlines() if line.startswith("Notebooks with `SOURCE`:"))
+@pytest.mark.parametrize("name", ["SOURCE", "DEVICE"])
+def test_real_weights_lists_the_notebooks_with_each_parameter(name):
+    """The guide's lines of notebooks that take ``SOURCE`` and ``DEVICE`` are what their ``parameters`` cells say."""
+    line = next(line for line in REAL_WEIGHTS.read_text().splitlines() if line.startswith(f"Notebooks with `{name}`:"))
     listed = set(re.findall(r"`(\d\d)`", line))
-    have = {nb.name[:2] for nb in NOTEBOOKS if re.search(r"^SOURCE\s*=", parameters_cell(nb), re.M)}
-    assert listed == have, f"the guide lists {sorted(listed)}; the parameters cells: {sorted(have)}"
+    have = {nb.name[:2] for nb in NOTEBOOKS if re.search(rf"^{name}\s*=", parameters_cell(nb), re.M)}
+    assert listed == have, f"the guide lists {sorted(listed)} with {name}; the parameters cells: {sorted(have)}"
 
 
 def teaching_rows() -> dict[str, list[str]]:
