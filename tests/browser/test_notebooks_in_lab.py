@@ -33,6 +33,7 @@ NOTEBOOKS = {  # notebook: its live figures, in order
     "04_vision_rotary_and_windows.ipynb": (Live(("patch row", "patch column")),),
     "07_attention_maps.ipynb": (Live(("layer", "head", "token"), mean=("layer", "head", "token")),),
     "10_logit_lens_and_generation.ipynb": (Live(("step",)),),
+    "11_your_own_picture.ipynb": (Live(("colour", "move to")),),
 }
 
 
