@@ -40,13 +40,18 @@ DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py ana
              anatomy/processes.py
 
 # Each test has a time limit (pytest-timeout, pyproject.toml); a notebook cell has its own, after which nbval
-# interrupts the kernel and the notebook's later cells are not blamed.
+# interrupts the kernel and the notebook's later cells are not blamed. Unit tests and notebooks run in JOBS
+# pytest-xdist workers, one file each at a time (a notebook's cells share one kernel); each worker's torch gets
+# its share of the cores. More cores: `make test JOBS=4` (each notebook's kernel needs up to 1.5 GiB).
+JOBS ?= 2
+XDIST := -n $(JOBS) --dist loadfile
 unit: $(STAMP)
-	$(PY) -m pytest -q --durations=10 tests --ignore=tests/browser
+	$(PY) -m pytest -q $(XDIST) --durations=10 tests --ignore=tests/browser
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 
 notebooks: $(STAMP)
-	$(PY) -m pytest -q --durations=10 --nbval-lax --nbval-cell-timeout=600 --nbval-kernel-startup-timeout=180 \
+	OMP_NUM_THREADS=$$($(PY) -c 'import os; print(max(1, os.cpu_count() // $(JOBS)))') \
+	$(PY) -m pytest -q $(XDIST) --durations=10 --nbval-lax --nbval-cell-timeout=600 --nbval-kernel-startup-timeout=180 \
 	    --timeout=900 notebooks
 
 # The browser test drives JupyterLab in a Chrome or Chromium found on the machine (`python -m anatomy.browser`

@@ -11,6 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import anatomy  # noqa: E402
 from anatomy.inputs import demo_image, encode  # noqa: E402
 
+# Under pytest-xdist (`-n N`) the workers share the cores: each gets its share of torch threads, so that N workers
+# with every core each do not wait on one another.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="module")
 def one_thread():

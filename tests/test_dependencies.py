@@ -35,6 +35,7 @@ NOT_IMPORTED = {  # declared, never imported: what each is for
     "accelerate": "the backend of from_pretrained(device_map='auto')",
     "jupyterlab": "make lab, the notebooks' server",
     "pytest-timeout": "a pytest plugin: the per-test limit",
+    "pytest-xdist": "a pytest plugin: make test runs unit tests and notebooks in JOBS workers",
     "nbval": "a pytest plugin: pytest --nbval-lax notebooks",
 }
 GROUPS = {  # where code lives: the groups it may import from
