@@ -237,7 +237,7 @@ def patch_back_figure(back: PatchBack) -> Figure:
                  fontsize=9)  # fmt: skip
     line = bottom.subplots()
     x = np.arange(len(sites))
-    line.plot(x, back.restored, "o-", label=f"the edited cells {back.edit.changed} together")
+    line.plot(x, back.restored, "o-", label=f"the edited cells {back.edit.changed}, patched back together")
     line.plot(x, back.elsewhere, "s--", color="0.5", label="any other cell (largest |effect|)")
     line.axhline(1, color="0.8", lw=0.8)
     line.set_xticks(x, [site_label(s) for s in sites], fontsize=8)
