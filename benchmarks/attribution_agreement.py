@@ -24,9 +24,9 @@ from results import write_section
 import anatomy
 from anatomy.causal import attribution, compare, logit_diff, pair, patching_sweep
 from anatomy.causal.attribution import QUIET, RankAgreement
-from anatomy.causal.batches import counterfactual
 from anatomy.causal.sweeps import residual_sites
 from anatomy.toy import sample
+from anatomy.toy.experiments import counterfactual
 
 KINDS = ("colour", "where", "count")
 K = 3

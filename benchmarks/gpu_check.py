@@ -81,8 +81,8 @@ try:
     from anatomy.causal.cost import H200_BF16_FLOPS, SweepCost, decoder_flops, vision_flops
     from anatomy.decoder.attention import record_attention as decoder_recorder
     from anatomy.inputs import demo_image, encode
+    from anatomy.kernels import eager
     from anatomy.model import TINY, Specimen, decoder_layers, shipped_config, vision_blocks
-    from anatomy.toy.evaluate import eager
     from anatomy.vision.attention import record_attention as vision_recorder
     from anatomy.vision.windows import windows
 except ImportError as error:  # a dependency of the package that this machine lacks: one line too

@@ -3,8 +3,9 @@
 Every held-out question's clean run is patched at each of the toy's residual sites (4 vision block
 outputs, 2 decoder layer inputs, the last output) in each of its 16 cells, and at the answer
 position at the decoder sites: 115 patched copies per question, run as rows of a few batched
-forward passes (target: under 30 s on a 2-core CPU). In the same run, a few copies are timed one
-forward pass each, as a sweep without batching would run them, and extrapolated to the sweep.
+forward passes (target: under 30 s on a 2-core CPU), by the toy's adapter over the general sweeps
+(``anatomy.toy.experiments.patching``). In the same run, a few copies are timed one forward pass
+each, as a sweep without batching would run them, and extrapolated to the sweep.
 
     python benchmarks/patching_sweep.py [--questions 12]
 """
@@ -21,11 +22,10 @@ from results import write_section
 
 import anatomy
 from anatomy.causal import intervene, patch, record
-from anatomy.causal.batches import toy_batch
-from anatomy.causal.patching import patching_sweep
 from anatomy.causal.sweeps import residual_sites
+from anatomy.kernels import fast_vision
 from anatomy.toy import sample
-from anatomy.toy.kernels import fast_training
+from anatomy.toy.experiments import contrasts, patching, toy_batch
 
 
 def one_row_seconds(spec, question, sites: list[str], repeats: int = 6) -> float:
@@ -33,7 +33,7 @@ def one_row_seconds(spec, question, sites: list[str], repeats: int = 6) -> float
     batch = {k: v for k, v in toy_batch(spec, [question]).items() if k != "labels"}
     source = record(spec, batch, sites)
     times = []
-    with fast_training(spec.model):
+    with fast_vision(spec.model):
         for i in range(repeats):
             edit = patch(sites[i % len(sites)], source, cells=[(i % 4, i // 4)])
             start = time.perf_counter()
@@ -49,9 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     spec = anatomy.load("toy")
     questions = [sample(0, "test", i) for i in range(args.questions)]
-    patching_sweep(spec, questions[:1])  # warm-up: caches, thread pools
+    patching(spec, contrasts(spec, questions[:1]))  # warm-up: caches, thread pools
+    asked = contrasts(spec, questions)
     load_before, cpu_before = os.getloadavg()[0], time.process_time()
-    sweep = patching_sweep(spec, questions)
+    sweep = patching(spec, asked)
     load, cpu = (load_before + os.getloadavg()[0]) / 2, time.process_time() - cpu_before
     rows = int(np.isfinite(sweep.effects).sum())
     single = one_row_seconds(spec, questions[0], residual_sites(spec))
@@ -62,8 +63,8 @@ def main() -> None:
         f"| | value |\n|---|---|\n"
         f"| sweep wall time (batched) | {sweep.seconds:.1f} s (target < 30 s) |\n"
         f"| sweep CPU time, all threads | {cpu:.1f} s |\n"
-        f"| forward passes | {sweep.forward_passes} (source recording, 2 unpatched runs, image tokens once, "
-        f"{sweep.forward_passes - 4} batched passes of the copies) |\n"
+        f"| forward passes | {sweep.forward_passes} (per prompt layout and sweep: the source recording, the "
+        f"unpatched run, image tokens once, then the batched copies of each site) |\n"
         f"| one copy alone, median | {single * 1000:.0f} ms |\n"
         f"| the same sweep one forward pass per copy (extrapolated) | {single * rows:.0f} s, "
         f"{rows + 3} forward passes |\n"

@@ -1,9 +1,10 @@
 """The package's import graph, read from the source with ast: lessons stand on the floor, no import circles.
 
-The floor is what every lesson may use: ``model``, ``processor``, ``inputs``, ``capture/`` and ``lab/``.
+The floor is what every lesson may use: ``model``, ``kernels``, ``processor``, ``inputs``, ``capture/`` and ``lab/``.
 The lessons (``overview/``, ``vision/``, ``decoder/``) import the floor only, never each other, except the
 pairs listed in ``WITHIN_A_STAGE`` (a lesson built on another one of its own stage). Everything else
-(``sources``, ``toy/``, ``serving/``, ``dissect``, ``__main__``, ``processes``, ``browser``) sits on top.
+(``sources``, ``toy/``, ``causal/``, ``serving/``, ``dissect``, ``__main__``, ``processes``, ``browser``) sits on
+top. ``causal/`` works on any specimen: it imports nothing of the toy, which is one adapter over it.
 """
 
 import ast
@@ -14,7 +15,7 @@ import pytest
 import anatomy
 
 ROOT = Path(anatomy.__file__).parent
-FLOOR_MODULES = {"anatomy.model", "anatomy.processor", "anatomy.inputs"}
+FLOOR_MODULES = {"anatomy.model", "anatomy.kernels", "anatomy.processor", "anatomy.inputs"}
 FLOOR_PACKAGES = ("anatomy.capture", "anatomy.lab")
 LESSON_PACKAGES = ("anatomy.overview", "anatomy.vision", "anatomy.decoder")
 WITHIN_A_STAGE = {
@@ -121,5 +122,23 @@ def test_every_stage_has_its_folder():
     stages = {path.name for path in ROOT.iterdir() if (path / "__init__.py").exists()}
     assert {"capture", "overview", "vision", "decoder", "lab", "toy", "serving"} <= stages
     flat = sorted(path.stem for path in ROOT.glob("*.py"))
-    assert flat == ["__init__", "__main__", "browser", "dissect", "inputs", "model", "processes", "processor",
-                    "sources"]
+    assert flat == ["__init__", "__main__", "browser", "dissect", "inputs", "kernels", "model", "processes",
+                    "processor", "sources"]
+
+
+def toy_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """``{module of anatomy.causal: the toy modules it imports}``, for the modules that import any."""
+    found = {name: sorted(t for t in targets if t.startswith("anatomy.toy"))
+             for name, targets in graph.items() if name.startswith("anatomy.causal")}  # fmt: skip
+    return {name: targets for name, targets in found.items() if targets}
+
+
+def test_causal_imports_nothing_from_the_toy(graph):
+    assert toy_imports(graph) == {}
+
+
+def test_the_toy_check_finds_a_toy_import(graph):
+    planted = {name: set(targets) for name, targets in graph.items()}
+    planted["anatomy.causal.sweeps"].add("anatomy.toy.task")
+    assert toy_imports(planted) == {"anatomy.causal.sweeps": ["anatomy.toy.task"]}
+    assert "anatomy.causal.sweeps" in graph["anatomy.toy.experiments.patching"]  # the toy's adapter is seen importing

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.cache import to_raster
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site
+from anatomy.causal.batches import image_tokens, with_image_tokens
 from anatomy.causal.groups import Groups, cell_groups, draw
 from anatomy.causal.sweeps import (
     DEFAULT_BUDGET_GIB,
@@ -45,9 +46,8 @@ from anatomy.causal.sweeps import (
     processed_pictures,
     short_site,
     site_bytes,
-    with_images,
 )
-from anatomy.model import multimodal, text_config, unwrap
+from anatomy.model import text_config, unwrap
 
 QUIET = 1e-4  # a site where no exact patch shifts the effect by this much moves nothing: no ranking to agree with
 
@@ -152,7 +152,8 @@ def attribution(spec, contrast, metric, sites=None, cells="cell", direction: str
     seconds, names = time.perf_counter() - start, [s.name for s in job.sites]
     return Attribution(
         CellEffects("attribution patching", job.metric.name, direction, names, groups, cell_effects, base["clean"],
-                    base["corrupted"], cells_changed(job), processed_pictures(job), passes, size, seconds),
+                    base["corrupted"], cells_changed(job.pairs), processed_pictures(job.pairs), passes, size,
+                    seconds),
         PositionEffects("attribution patching", job.metric.name, direction, [names[s] for s in decoder],
                         position_effects, *decoded_tokens(job), base["clean"], base["corrupted"], passes, size,
                         seconds),
@@ -170,9 +171,7 @@ def _estimate(job: Job, rows: list[int], cell_delta: np.ndarray, position_delta:
     measured, source = job.record(rows, sides, keep)
     target = inputs = sides[job.target]
     if all(site.order == NONE for site in job.sites):
-        with torch.no_grad():
-            images = multimodal(bare).get_image_features(target["pixel_values"], target["image_grid_thw"])
-        inputs = with_images(target, images.pooler_output, list(range(len(rows))))
+        inputs = with_image_tokens(target, image_tokens(bare, target), list(range(len(rows))))
     with torch.enable_grad(), probes(bare, job.sites) as made:
         value = job.metric(bare(**inputs, logits_to_keep=keep).logits, rows)
         grads = torch.autograd.grad(value.sum(), [made[s.name][0] for s in job.sites])

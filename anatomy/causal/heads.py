@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from anatomy.causal.batches import image_tokens, with_image_tokens
 from anatomy.causal.cost import copies_per_pass
 from anatomy.causal.edits import Layout, Recording, patch, zero
 from anatomy.causal.interventions import intervene
 from anatomy.causal.knockouts import layer_job, tokens_and_patches
-from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised, with_images
+from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised
 from anatomy.lab.figures import drawable
-from anatomy.model import decoder_layers, multimodal, text_config, unwrap
+from anatomy.model import decoder_layers, text_config, unwrap
 
 ABLATIONS = ("zero", "mean", "patch")
 
@@ -125,15 +126,16 @@ def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
         with torch.no_grad(), head_outputs(bare, recorded) as source:
             base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep).logits, rows)
         with torch.no_grad(), head_outputs(bare, recorded) as own:
-            images = multimodal(bare).get_image_features(target["pixel_values"], target["image_grid_thw"]).pooler_output
-            base["clean"][rows] = job.read(bare(**with_images(target, images, local), logits_to_keep=keep).logits, rows)
+            images = image_tokens(bare, target)
+            unedited = bare(**with_image_tokens(target, images, local), logits_to_keep=keep).logits
+            base["clean"][rows] = job.read(unedited, rows)
         passes += 3
         copies = [(p, h) for p in local for h in range(heads)]
         for i, layer in enumerate(chosen):
             wanted = replacement(job, rows, ablation, source[layer], own[layer]) if recorded else None
             for first in range(0, len(copies), size):
                 chunk = copies[first : first + size]
-                inputs = with_images(target, images, [p for p, _ in chunk])
+                inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 edits = _edits(bare, layer, chunk, inputs, own.get(layer), wanted)
                 with torch.no_grad(), intervene(bare, edits):
                     read = job.read(bare(**inputs, logits_to_keep=keep).logits, [rows[p] for p, _ in chunk])

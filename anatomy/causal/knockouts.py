@@ -30,13 +30,14 @@ from PIL import Image
 
 from anatomy.causal import sweeps
 from anatomy.causal.attention_mask import checked
+from anatomy.causal.batches import image_tokens, with_image_tokens
 from anatomy.causal.cost import copies_per_pass
 from anatomy.causal.edits import knock_out
 from anatomy.causal.groups import Groups, cell_groups, draw
 from anatomy.causal.interventions import intervene
-from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised, with_images
+from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised
 from anatomy.lab.figures import drawable
-from anatomy.model import check_layers, multimodal, text_config, unwrap
+from anatomy.model import check_layers, text_config, unwrap
 
 IMAGE = "image"  # cells="image": every image token, one group
 
@@ -126,9 +127,10 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
         target = sides["clean"]
         with torch.no_grad():
             base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep).logits, rows)
-            images = multimodal(bare).get_image_features(target["pixel_values"], target["image_grid_thw"]).pooler_output
+            images = image_tokens(bare, target)
             local = list(range(len(rows)))
-            base["clean"][rows] = job.read(bare(**with_images(target, images, local), logits_to_keep=keep).logits, rows)
+            unedited = bare(**with_image_tokens(target, images, local), logits_to_keep=keep).logits
+            base["clean"][rows] = job.read(unedited, rows)
         passes += 3
         copies = [(p, g) for p in local for g in range(len(groups))]
         for i, layer in enumerate(chosen):
@@ -137,7 +139,7 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
                 edits = [knock_out([layer], queries=list(range(-keep, 0)), keys=IMAGE, cells=groups.members[g],
                                    rows=[k for k, (_, h) in enumerate(chunk) if h == g])
                          for g in sorted({g for _, g in chunk})]  # fmt: skip
-                inputs = with_images(target, images, [p for p, _ in chunk])
+                inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 with torch.no_grad(), intervene(bare, edits):
                     logits = bare(**inputs, logits_to_keep=keep).logits
                 read = job.read(logits, [rows[p] for p, _ in chunk])
@@ -146,7 +148,7 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
                 passes += 1
     effects = normalised(values, base["clean"], base["corrupted"])
     return Knockouts(job.metric.name, chosen, groups, values, effects, base["clean"], base["corrupted"],
-                     sweeps.cells_changed(job), sweeps.processed_pictures(job), passes, size,
+                     sweeps.cells_changed(job.pairs), sweeps.processed_pictures(job.pairs), passes, size,
                      time.perf_counter() - start)  # fmt: skip
 
 

@@ -17,7 +17,7 @@ restored, 1 = the clean metric restored. Noising: 1 = nothing lost, 0 = all of i
 whose two runs measure the same has no scale: its effects are NaN, with a warning.
 
 Batching. Copies of the patched prompt run together, each with its own patch (rows repeated, as
-``anatomy.causal.patching`` does); a batch holds copies of one site, and copies that patch a
+``anatomy.causal.batches``); a batch holds copies of one site, and copies that patch a
 decoder site take the pictures' image tokens computed once instead of running the vision tower.
 The batch size follows from ``budget_gib`` and a rough estimate of what a copy holds
 (``copy_bytes``); a job whose recorded activations plus its largest forward pass exceed the
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anatomy.capture import capture
 from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site, resolve
+from anatomy.causal.batches import image_tokens, take, with_image_tokens
 from anatomy.causal.contrast import SIDES, Contrast, Pair
 from anatomy.causal.edits import Layout, Recording, patch
 from anatomy.causal.groups import Groups, cell_groups, draw
@@ -52,7 +52,7 @@ from anatomy.causal.interventions import intervene
 from anatomy.causal.metrics import Metric, as_metric
 from anatomy.inputs import resized
 from anatomy.lab.figures import drawable
-from anatomy.model import decoder_layers, lm_head, multimodal, text_config, unwrap
+from anatomy.model import decoder_layers, lm_head, text_config, unwrap
 from anatomy.processor import one_line, token_text
 
 DIRECTIONS = ("clean->corrupted", "corrupted->clean")
@@ -211,22 +211,6 @@ def batch_size(job: Job, budget_gib: float) -> int:
     return min(sizes)
 
 
-def _take(batch: dict, rows: list[int]) -> dict:
-    """``batch`` (one picture per prompt, one grid) with its rows, and their pictures, picked in ``rows``' order."""
-    index = torch.as_tensor(rows)
-    per_picture = batch["pixel_values"].shape[0] // len(batch["image_grid_thw"])
-    patches = (index[:, None] * per_picture + torch.arange(per_picture)).reshape(-1)
-    return {key: value[(patches if key == "pixel_values" else index).to(value.device)] for key, value in batch.items()}
-
-
-def with_images(batch: dict, images: tuple[torch.Tensor, ...], rows: list[int]) -> dict:
-    """``_take(batch, rows)`` with the pictures' image tokens given instead of pixels: the vision tower is skipped."""
-    index = torch.as_tensor(rows)
-    picked = {key: value[index.to(value.device)] for key, value in batch.items() if key != "pixel_values"}
-    pooled = BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])
-    return {**picked, "mm_encoder_outputs": {"image": pooled}}
-
-
 def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) -> tuple[np.ndarray, dict]:
     """The metric of every patched copy. ``variants``: (pair, site index, (``"cells"`` or ``"positions"``, value)).
 
@@ -239,9 +223,9 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
         sides, (_, _, keep) = job.sides(rows), _shape(job, rows)
         base[job.source][rows], source = job.record(rows, sides, keep)
         target = sides[job.target]
+        images = image_tokens(bare, target)
         with torch.no_grad():
-            images = multimodal(bare).get_image_features(target["pixel_values"], target["image_grid_thw"]).pooler_output
-            base[job.target][rows] = job.read(bare(**with_images(target, images, list(range(len(rows)))),
+            base[job.target][rows] = job.read(bare(**with_image_tokens(target, images, list(range(len(rows)))),
                                                    logits_to_keep=keep).logits, rows)  # fmt: skip
         passes += 3
         local = {r: i for i, r in enumerate(rows)}
@@ -252,7 +236,7 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
                 chosen = mine[start : start + size]
                 copies = [local[variants[v][0]] for v in chosen]
                 edits = _edits([variants[v][2] for v in chosen], site.name, one.take(copies))
-                inputs = _take(target, copies) if site.order != NONE else with_images(target, images, copies)
+                inputs = take(target, copies) if site.order != NONE else with_image_tokens(target, images, copies)
                 with torch.no_grad(), intervene(bare, edits):
                     logits = bare(**inputs, logits_to_keep=keep).logits
                 values[chosen] = job.read(logits, [rows[c] for c in copies])
@@ -314,10 +298,16 @@ class CellEffects:
         return self.groups.grid
 
     @property
+    def moved(self) -> np.ndarray:
+        """``effect - unpatched``, signed toward the run patched from: 0 = not moved, 1 = all the way to the source's
+        metric (the unpatched run's effect is 0 when denoising, 1 when noising; noising reads ``1 - effect``)."""
+        return self.effects if self.direction == "clean->corrupted" else 1 - self.effects
+
+    @property
     def shift(self) -> np.ndarray:
-        """``|effect - unpatched|``: how far each patch moved the metric, 0 = not at all (the unpatched run's effect
-        is 0 when denoising, 1 when noising); what ``top_cells`` and ``compare`` rank by."""
-        return np.abs(self.effects - (self.direction == "corrupted->clean"))
+        """``|moved|``: how far each patch moved the metric, 0 = not at all; what ``top_cells`` and ``compare`` rank
+        by."""
+        return np.abs(self.moved)
 
 
 @dataclass
@@ -355,8 +345,8 @@ def patching_sweep(spec, contrast, metric, sites=None, cells="cell", direction: 
     shape = (len(job.sites), len(job.pairs), len(groups))
     effects = normalised(values.reshape(shape).transpose(1, 0, 2), base["clean"], base["corrupted"])
     return CellEffects("activation patching", job.metric.name, direction, [s.name for s in job.sites], groups,
-                       effects, base["clean"], base["corrupted"], cells_changed(job), processed_pictures(job),
-                       base["passes"], size, time.perf_counter() - start)  # fmt: skip
+                       effects, base["clean"], base["corrupted"], cells_changed(job.pairs),
+                       processed_pictures(job.pairs), base["passes"], size, time.perf_counter() - start)  # fmt: skip
 
 
 def position_sweep(spec, contrast, metric, sites=None, direction: str = "clean->corrupted",
@@ -379,15 +369,15 @@ def position_sweep(spec, contrast, metric, sites=None, direction: str = "clean->
                            base["corrupted"], base["passes"], size, time.perf_counter() - start)  # fmt: skip
 
 
-def cells_changed(job: Job) -> np.ndarray:
+def cells_changed(pairs: list[Pair]) -> np.ndarray:
     """``(pairs, rows, cols)`` bool: the cells whose processed pixels differ in each pair."""
-    return np.stack([p.changed for p in job.pairs])
+    return np.stack([p.changed for p in pairs])
 
 
-def processed_pictures(job: Job) -> list[tuple[Image.Image, Image.Image]]:
+def processed_pictures(pairs: list[Pair]) -> list[tuple[Image.Image, Image.Image]]:
     """Each pair's two pictures as the processor resized them."""
     return [(resized(p.clean.image, p.clean.grid_thw[0]), resized(p.corrupted.image, p.corrupted.grid_thw[0]))
-            for p in job.pairs]  # fmt: skip
+            for p in pairs]  # fmt: skip
 
 
 def decoded_tokens(job: Job) -> tuple[list[list[str]], list[list[str]]]:

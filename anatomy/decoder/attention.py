@@ -236,6 +236,19 @@ def image_cells(probs: torch.Tensor, kinds: torch.Tensor, image_grid_thw: torch.
     return probs[positions[start : start + sizes[image]]].reshape(t, h // merge, w // merge)  # (t, h', w')
 
 
+def cell_rows(attentions, input_ids: torch.Tensor, config, row: int = -1) -> torch.Tensor:
+    """``(layers, B, cells)``: position ``row``'s attention to each image cell (raster order), mean over heads, from
+    a batch's ``output_attentions`` (one picture per prompt, all of one size).
+
+    ``attentions``: one ``(B, heads, L', L')`` tensor per decoder layer, whose first ``L`` keys are ``input_ids``
+    ``(B, L)``. The same cells as ``image_cells`` lays out from a recorder's rows; ``output_attentions`` keeps
+    every layer's whole matrix, so for long prompts record rows instead (``record_attention``, budgeted).
+    """
+    is_image = input_ids == config.image_token_id  # (B, L), in raster order
+    keys = input_ids.shape[1]
+    return torch.stack([a[:, :, row, :keys].mean(1)[is_image].view(len(input_ids), -1) for a in attentions])
+
+
 def image_map(attention: AttentionRows, prompt, layer: int | None = None, head=None,
               row: int | None = None, image: int = 0) -> torch.Tensor:
     """(grid_h/2, grid_w/2) attention on one image for a layer, head and row (None: the mean), mean over time."""

@@ -14,8 +14,7 @@ one (minutes on a CPU) into a verified cache.
     encode     samples -> model inputs, as the real processor makes them
     embedding  the frozen embedding from its seed: a counter-based integer generator
     training   the training loop, its ``Recipe`` and its learning curve (``Log``)
-    kernels    exact shortcuts used while training: batched vision windows, the patch
-               embedding as one matmul, rotary positions and windows once per layout
+    kernels    rotary positions and vision windows computed once per batch layout, for training
     weights    a toy directory: trained tensors as safetensors, curve, manifest of hashes
     cache      where retrained toys live: verified, swapped in whole, one trainer at a time
     load       ``load_toy``: the shipped toy (or a retrained one); ``ensure_trained``

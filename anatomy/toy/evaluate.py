@@ -16,12 +16,13 @@ a picture holds. A model that looks has target >> distractors.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from anatomy.decoder.attention import cell_rows
+from anatomy.kernels import eager
 from anatomy.toy.encode import encode, stop_token
 from anatomy.toy.task import QUESTION_TYPES, Sample, sample
 
@@ -129,16 +130,6 @@ def region_attention(attentions, input_ids: torch.Tensor, samples: list[Sample],
     return (mass / onehot.sum(1).clamp(min=1)).numpy()
 
 
-def cell_rows(attentions, input_ids: torch.Tensor, config, row: int = -1) -> torch.Tensor:
-    """``(layers, B, 16)``: position ``row``'s attention to each image cell (raster order), mean over heads.
-
-    ``attentions``: one ``(B, heads, L', L')`` tensor per decoder layer, whose first ``L`` keys are ``input_ids``.
-    """
-    is_image = input_ids == config.image_token_id  # (B, L), 16 per row, in raster order
-    keys = input_ids.shape[1]
-    return torch.stack([a[:, :, row, :keys].mean(1)[is_image].view(len(input_ids), -1) for a in attentions])
-
-
 def region_map(s: Sample) -> np.ndarray:
     """What each cell holds, raster order ``(16,)``: 0 target, 1 distractor, 2 background.
 
@@ -146,16 +137,3 @@ def region_map(s: Sample) -> np.ndarray:
     """
     cells = s.scene.cells().reshape(-1)
     return np.where(cells < 0, 2, np.where(np.isin(cells, s.target), 0, 1))
-
-
-@contextmanager
-def eager(model):
-    """Switch ``model`` to eager attention (which can return its weights); on exit, give the model and each
-    of its sub-models (vision, text) back its own kernel, e.g. vision eager + text sdpa."""
-    before = {"": model.config._attn_implementation}
-    before |= {key: getattr(model.config, key)._attn_implementation for key in model.config.sub_configs}
-    model.set_attn_implementation("eager")
-    try:
-        yield model
-    finally:
-        model.set_attn_implementation(before)

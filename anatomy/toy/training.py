@@ -15,8 +15,9 @@ The model is the stock ``Qwen2_5_VLForConditionalGeneration`` built from
   19M parameters the task does not need to move, and that are never shipped;
 - weights start at ``initializer_range`` 0.08 (text) and 0.1 (vision), sized
   for these narrow layers, where the released 0.02 would shrink the signal;
-- exact shortcuts (``kernels``): batched vision windows, the patch embedding
-  as one matmul, and rotary positions and windows computed once per layout.
+- exact shortcuts: batched vision windows and the patch embedding as one matmul
+  (``anatomy.kernels.fast_vision``), rotary positions and windows computed once per
+  layout (``kernels``).
 
 Two stages. Learning to look is a phase change: for 600-1000 steps (it depends
 on the seed) the loss sits near the answer prior, then the answer position's
@@ -47,11 +48,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from anatomy.kernels import fast_vision
 from anatomy.model import TOY, shipped_config
 from anatomy.toy.embedding import frozen_embedding
 from anatomy.toy.encode import answer_tokens, encode_conversations, stop_token
 from anatomy.toy.evaluate import WHERE_CASES, score
-from anatomy.toy.kernels import Layouts, fast_training
+from anatomy.toy.kernels import Layouts
 from anatomy.toy.task import questions, questions_and_repeated_where, sample
 
 
@@ -144,7 +146,7 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
     bar = tqdm(desc="training the toy Qwen2.5-VL (looking for the check)", disable=not progress, mininterval=5)
     stop, losses, start = recipe.max_steps, [], time.perf_counter()
     try:
-        with fast_training(model):
+        with fast_vision(model):
             for step in range(recipe.max_steps + recipe.cooldown):
                 if step >= stop:
                     break

@@ -14,12 +14,12 @@ import anatomy
 from anatomy.__main__ import main
 from anatomy.causal import Contrast, attribution, logit_diff, pair, patching_sweep
 from anatomy.causal import command as command_module
-from anatomy.causal.batches import counterfactual
 from anatomy.causal.command import random_weights_model
 from anatomy.causal.heads import head_sweep
 from anatomy.causal.knockouts import knockout_sweep
 from anatomy.inputs import demo_image
 from anatomy.toy import sample
+from anatomy.toy.experiments import counterfactual
 
 QUESTION = "What colour is the house?"
 PNG = b"\x89PNG\r\n\x1a\n"

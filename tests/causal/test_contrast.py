@@ -8,11 +8,11 @@ from PIL import Image
 
 import anatomy
 from anatomy.causal import Contrast, as_metric, log_prob, logit_diff, pair, probability
-from anatomy.causal.batches import answer_logits, counterfactual, toy_batch
-from anatomy.causal.patching import changed_cells
+from anatomy.causal.batches import answer_logits
 from anatomy.inputs import demo_image, encode
 from anatomy.toy import sample
 from anatomy.toy.encode import answer_token
+from anatomy.toy.experiments import counterfactual, toy_batch
 from anatomy.vision.video import moving_square
 
 QUESTION = "What colour is the house?"
@@ -124,13 +124,22 @@ def test_changed_cells_equal_a_raw_pixel_comparison(tiny, box, painted):
     assert found.grid == (2, 3) and np.array_equal(found.changed, reference)
 
 
+def scene_cells(clean, corrupted) -> np.ndarray:
+    """``(16,)`` bool, raster order: the cells whose object (shape, colour) differs, read off the two toy scenes."""
+    def content(s) -> dict:
+        return {(t.row, t.col): (t.shape, t.colour) for t in s.scene.things}
+
+    a, b = content(clean), content(corrupted)
+    return np.array([a.get((r, c)) != b.get((r, c)) for r in range(4) for c in range(4)])
+
+
 def test_toy_changed_cells_equal_the_scene_cells(toy):
     samples = [sample(0, "test", i) for i in range(5)]
     counterfactuals = [counterfactual(s) for s in samples]
     pairs = [pair(toy, s.scene.pixels(), s.question, corrupted_image=c.scene.pixels(), system=None)
              for s, c in zip(samples, counterfactuals)]
     for s, c, p in zip(samples, counterfactuals, pairs):
-        assert np.array_equal(p.changed.reshape(-1), changed_cells(s, c))
+        assert np.array_equal(p.changed.reshape(-1), scene_cells(s, c))
         assert torch.equal(p.clean["input_ids"], toy_batch(toy, [s])["input_ids"])  # the toy's own prompt
     found = Contrast(pairs).check(logit_diff(toy, [s.answer for s in samples], [c.answer for c in counterfactuals]))
     good, bad = toy_batch(toy, samples)["labels"], toy_batch(toy, counterfactuals)["labels"]

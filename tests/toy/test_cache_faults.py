@@ -214,7 +214,7 @@ def test_a_relative_cache_is_resolved_once(tmp_path, monkeypatch):
 
 
 def test_eager_gives_each_sub_model_its_own_kernel_back():
-    from anatomy.toy.evaluate import eager
+    from anatomy.kernels import eager
     from anatomy.toy.load import untrained_toy
 
     model = untrained_toy().model

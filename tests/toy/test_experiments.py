@@ -1,22 +1,36 @@
-"""The causal experiments, each against a reference: direct counts, one unbatched run per condition, numpy."""
+"""The toy's causal experiments, each against a reference: direct counts of the scene, one unbatched run per
+condition or patch, the general sweeps they adapt, numpy."""
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-import anatomy
-from anatomy.causal import intervene, knock_out, patch, record, zero
-from anatomy.causal.ablation import head_ablation
-from anatomy.causal.batches import counterfactual, toy_batch
-from anatomy.causal.cost import decoder_flops, sweep_cost, vision_flops
-from anatomy.causal.knockout import knockout_by_layer
-from anatomy.causal.lens import image_lens
-from anatomy.causal.patching import changed_cells, patching_sweep
-from anatomy.causal.probes import cell_labels, ridge_accuracy
+from anatomy.causal import intervene, knock_out, patch, patching_sweep, record, zero
+from anatomy.kernels import fast_vision
 from anatomy.toy import sample, untrained_toy
+from anatomy.toy.experiments import (
+    contrasts,
+    counterfactual,
+    head_ablation,
+    image_lens,
+    knockout_by_layer,
+    knockout_queries,
+    patching,
+    positions,
+    toy_batch,
+)
+from anatomy.toy.experiments.probes import cell_labels, ridge_accuracy
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS
+
+
+def changed_cells(clean, corrupted) -> np.ndarray:
+    """``(16,)`` bool, raster order: the cells whose object (shape, colour) differs, read off the two scenes."""
+    def content(s) -> dict:
+        return {(t.row, t.col): (t.shape, t.colour) for t in s.scene.things}
+
+    a, b = content(clean), content(corrupted)
+    return np.array([a.get((r, c)) != b.get((r, c)) for r in range(GRID) for c in range(GRID)])
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +69,68 @@ def _ld(spec, batch, good, bad, edits=()):
     return float(logits[good] - logits[bad])
 
 
-def test_sweep_effects_equal_one_unbatched_patch_each(toy):
-    clean = sample(0, "test", 0)
+def test_patching_equals_one_unbatched_patch_each(toy):
+    """Every (site, cell) and the answer position of the adapter, against one run per patch: flipped =
+    (LD_clean - LD_patched) / (LD_clean - LD_counterfactual), on the toy's own left-padded batches."""
+    samples = [sample(0, "test", i) for i in (0, 1)]  # prompts of two lengths: a colour and a where question
     sites = ["vision.blocks.1.output", "decoder.layers.1.input"]
-    sweep = patching_sweep(toy, [clean], sites, batch_size=7)  # several chunks
-    corrupted = counterfactual(clean)
-    a, b = toy_batch(toy, [clean]), toy_batch(toy, [corrupted])
+    sweep = patching(toy, contrasts(toy, samples), sites)
+    assert sweep.effects.shape == (2, 2, 17) and np.isnan(sweep.effects[:, 0, 16]).all()
+    for q, clean in enumerate(samples):
+        corrupted = counterfactual(clean)
+        a, b = toy_batch(toy, [clean]), toy_batch(toy, [corrupted])
+        good, bad = int(a["labels"][0]), int(b["labels"][0])
+        source = record(toy, {k: v for k, v in b.items() if k != "labels"}, sites)
+        base, flipped = _ld(toy, a, good, bad), _ld(toy, b, good, bad)
+        for s, site in enumerate(sites):
+            for k, selection in [(5, {"cells": [(1, 1)]}), (12, {"cells": [(3, 0)]}), (16, {"positions": [-1]})]:
+                if k == 16 and site.startswith("vision"):
+                    continue
+                patched = _ld(toy, a, good, bad, [patch(site, source, **selection)])
+                assert sweep.effects[q, s, k] == pytest.approx((base - patched) / (base - flipped), abs=1e-3)
+        assert np.array_equal(sweep.changed[q], changed_cells(clean, corrupted))
+
+
+def test_decoder_cells_by_position_equal_the_general_sweep_by_cell(toy):
+    """At a decoder site the adapter patches each cell's token by position; the general sweep by cell agrees."""
+    questions = contrasts(toy, [sample(0, "test", i) for i in range(3)])
+    site = "decoder.layers.0.input"
+    ours = patching(toy, questions, [site]).cells
+    with fast_vision(toy.model):  # the image tokens the adapter computes, to the last bit
+        general = patching_sweep(toy, questions.contrast, questions.metric, [site], direction="corrupted->clean")
+    np.testing.assert_allclose(ours.effects, general.effects, atol=1e-6)
+    assert ours.groups == general.groups and np.array_equal(ours.changed, general.changed)
+
+
+def test_positions_name_each_token_and_patch_it_alone(toy):
+    """The flipped share at one position, against one unbatched run that patches only that position."""
+    clean = sample(0, "test", 2)
+    found = positions(toy, contrasts(toy, [clean]), "decoder.layers.1.input")
+    a, b = toy_batch(toy, [clean]), toy_batch(toy, [counterfactual(clean)])
     good, bad = int(a["labels"][0]), int(b["labels"][0])
-    source = record(toy, {k: v for k, v in b.items() if k != "labels"}, sites)
+    source = record(toy, {k: v for k, v in b.items() if k != "labels"}, "decoder.layers.1.input")
     base, flipped = _ld(toy, a, good, bad), _ld(toy, b, good, bad)
-    for s, site in enumerate(sites):
-        for k, selection in [(5, {"cells": [(1, 1)]}), (12, {"cells": [(3, 0)]}), (16, {"positions": [-1]})]:
-            if k == 16 and site.startswith("vision"):
-                assert np.isnan(sweep.effects[0, s, k])
-                continue
-            patched = _ld(toy, a, good, bad, [patch(site, source, **selection)])
-            expected = (base - patched) / (base - flipped)
-            assert sweep.effects[0, s, k] == pytest.approx(expected, abs=1e-3)
-    assert sweep.forward_passes == 4 + int(np.ceil(16 * 1 / 7)) + int(np.ceil(17 / 7))
+    ids = a["input_ids"][0].tolist()
+    assert len(found.tokens[0]) == len(ids) and found.tokens[0].count("img 3,0") == 1
+    for p in (3, ids.index(toy.config.image_token_id) + 5, len(ids) - 1):
+        patched = _ld(toy, a, good, bad, [patch("decoder.layers.1.input", source, positions=[p])])
+        assert found.effects[0, p] == pytest.approx((base - patched) / (base - flipped), abs=1e-3)
+
+
+def test_knockout_queries_block_each_questions_own_position(toy):
+    """Positions count in each question's own prompt, also when the batch pads shorter prompts on the left."""
+    samples = [sample(0, "test", 0), sample(0, "test", 1)]  # 43 and 48 tokens
+    right, drop = knockout_queries(toy, samples, [40, 45], [0, 1])
+    for i, (s, p) in enumerate(zip(samples, [40, 45])):
+        alone = toy_batch(toy, [s])
+        inputs = {k: v for k, v in alone.items() if k != "labels"}
+        with torch.no_grad():
+            plain = toy.model(**inputs).logits[0, -1]
+            with intervene(toy, [knock_out([0, 1], queries=[p], keys="image")]):
+                knocked = toy.model(**inputs).logits[0, -1]
+        label = int(alone["labels"][0])
+        assert drop[i] == pytest.approx(float(plain[label] - knocked[label]), abs=1e-4)
+        assert right[i] == (int(knocked.argmax()) == label)
 
 
 def test_knockout_by_layer_equals_one_run_per_condition(toy):
@@ -141,31 +199,3 @@ def test_image_lens_reads_the_hidden_states_transformers_returns(toy):
         logits = toy.model.lm_head(toy.model.model.language_model.norm(hidden[image]))  # (pictures * 16, vocab)
     decode = toy.processor.tokenizer.decode
     assert lens.top[0].reshape(-1).tolist() == [decode([int(i)]) for i in logits.argmax(-1)]
-
-
-def _linear_weights(module: nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-
-
-@pytest.mark.parametrize("source", ["toy", "7B"])
-def test_flops_count_every_linear_weight_of_the_model(source):
-    spec = untrained_toy() if source == "toy" else anatomy.load("7B")
-    config, model = spec.config, spec.model.model
-    text = config.text_config
-    layers = _linear_weights(model.language_model.layers)
-    no_attention = decoder_flops(config, 1) - 4 * text.num_hidden_layers * text.hidden_size
-    assert no_attention == 2 * layers + 2 * _linear_weights(spec.model.lm_head)
-    vision = config.vision_config
-    blocks, merger = _linear_weights(model.visual.blocks), _linear_weights(model.visual.merger)
-    embed = model.visual.patch_embed.proj.weight.numel()
-    patches = 4  # one merged token, a window of one patch group: attention 4 * patches^2 * width per block
-    attention = 4 * patches * patches * vision.hidden_size * vision.depth
-    assert vision_flops(config, patches) == 2 * patches * (blocks + embed) + 2 * merger + attention
-
-
-def test_sweep_cost_counts_rows_from_the_config():
-    config = anatomy.load("7B").config
-    plan = sweep_cost(config, image_side=448, text_tokens=30)
-    assert (plan.patches, plan.image_tokens, plan.prompt_tokens) == (1024, 256, 286)
-    assert plan.vision_rows == 32 * 256 and plan.decoder_rows == 29 * 257
-    assert sweep_cost(config, image_side=448, vision_sites=1, questions=3).vision_rows == 3 * 256

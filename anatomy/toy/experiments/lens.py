@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.causal.batches import toy_batch
-from anatomy.causal.probes import cell_features
 from anatomy.decoder.logit_lens import lens_logits
 from anatomy.lab.figures import drawable, label_fonts
 from anatomy.model import decoder_layers
 from anatomy.processor import one_line
 from anatomy.toy.encode import answer_tokens
+from anatomy.toy.experiments.contrasts import toy_batch
+from anatomy.toy.experiments.probes import cell_features
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample
 

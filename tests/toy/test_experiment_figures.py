@@ -1,4 +1,4 @@
-"""The causal figures draw what their results hold, readably: full token labels in any script, the legend off the
+"""The toy's causal figures draw what their results hold, readably: full token labels in any script, the legend off the
 bars, numbers large enough to read. Each is built from a result written out by hand, so no model runs."""
 
 import io
@@ -7,15 +7,21 @@ import warnings
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from anatomy.causal.ablation import Ablation, ablation_figure
-from anatomy.causal.knockout import KnockoutResult, knockout_figure
-from anatomy.causal.lens import ImageLens, lens_figure
-from anatomy.causal.patching import PositionSweep, position_figure
+from anatomy.toy.experiments import (
+    Ablation,
+    ImageLens,
+    KnockoutResult,
+    Positions,
+    ablation_figure,
+    knockout_figure,
+    lens_figure,
+    position_figure,
+)
 from anatomy.lab.figures import drawable
 from anatomy.toy import sample
 from anatomy.toy.task import QUESTION_TYPES
 
-TOKENS = ["<|im_start|>", "system", "\n", "<|vision_start|>", "img (0, 0)", "<|vision_end|>", " triangles", "\uc73c"]
+TOKENS = ["<|im_start|>", "system", "\n", "<|vision_start|>", "img 0,0", "<|vision_end|>", " triangles", "\uc73c"]
 
 
 def _drawn(figure):
@@ -28,9 +34,9 @@ def _drawn(figure):
 
 def test_position_figure_labels_every_bar_with_its_whole_token_readably():
     effects = np.array([np.linspace(0, 0.7, len(TOKENS))])
-    axis = _drawn(position_figure(PositionSweep("decoder.layers.1.input", effects, [TOKENS], [sample(0, "test", 2)]))).axes[0]
+    axis = _drawn(position_figure(Positions("decoder.layers.1.input", effects, [TOKENS], [sample(0, "test", 2)]))).axes[0]
     labels = axis.get_xticklabels()
-    assert [label.get_text() for label in labels] == ["<|im_start|>", "system", "\\n", "<|vision_start|>", "img (0, 0)",
+    assert [label.get_text() for label in labels] == ["<|im_start|>", "system", "\\n", "<|vision_start|>", "img 0,0",
                                                       "<|vision_end|>", " triangles", drawable("\uc73c")]
     assert min(label.get_fontsize() for label in labels) >= 8
     assert [bar.get_height() for bar in axis.patches] == effects[0].tolist()

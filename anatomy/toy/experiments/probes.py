@@ -20,10 +20,11 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.capture import capture
-from anatomy.causal.batches import model_inputs, toy_batch
-from anatomy.causal.patching import short_site
+from anatomy.causal.batches import model_inputs
+from anatomy.causal.sweeps import short_site
+from anatomy.kernels import fast_vision
 from anatomy.model import decoder_layers, vision_blocks
-from anatomy.toy.kernels import fast_training
+from anatomy.toy.experiments.contrasts import toy_batch
 from anatomy.toy.shapes import GRID, SHAPES
 from anatomy.toy.task import COLOURS, Sample, sample
 
@@ -54,7 +55,7 @@ def probe_sites(spec) -> list[str]:
 def cell_features(spec, batch: dict, sites: list[str]) -> dict[str, torch.Tensor]:
     """``site -> (pictures, 16, D)``: each cell's representation in ``batch`` (``toy_batch``), raster order."""
     batch = {k: v.to(spec.model.device) for k, v in model_inputs(batch).items()}
-    with torch.no_grad(), fast_training(spec.model), capture(spec, sites) as cache:
+    with torch.no_grad(), fast_vision(spec.model), capture(spec, sites) as cache:
         spec.model(**batch, logits_to_keep=1)
     image = batch["input_ids"] == spec.config.image_token_id
     pictures = len(batch["image_grid_thw"])

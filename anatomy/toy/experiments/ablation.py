@@ -1,7 +1,8 @@
 """Head ablation: accuracy per question type with one decoder attention head zeroed.
 
 A head's output (its slice of the ``o_proj`` input) is set to zero at every position, one
-(layer, head) at a time; each copy of a question is one row of a batch, the pictures seen once.
+(layer, head) at a time; each copy of a question is one row of a batch, the pictures seen once. On any
+contrast and metric, with zero, mean or patch ablation: ``anatomy.causal.head_sweep``.
 
 >>> result = head_ablation(spec, [sample(0, "test", i) for i in range(60)])
 >>> result.accuracy["count"]           # (layers, heads)
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from anatomy.causal.batches import answer_logits, chunks, image_tokens, toy_batch, with_image_tokens
-from anatomy.causal.edits import zero
+from anatomy.causal import zero
+from anatomy.causal.batches import answer_logits, chunks, image_tokens, with_image_tokens
+from anatomy.kernels import fast_vision
 from anatomy.model import decoder_layers, text_config
+from anatomy.toy.experiments.contrasts import toy_batch
 from anatomy.toy.task import QUESTION_TYPES, Sample
 
 
@@ -34,7 +37,8 @@ def head_ablation(spec, samples: list[Sample], batch_size: int = 512) -> Ablatio
     layers, heads = len(decoder_layers(spec)), text_config(spec.config).num_attention_heads
     conditions = [None] + [(layer, head) for layer in range(layers) for head in range(heads)]
     batch = toy_batch(spec, samples)
-    images = image_tokens(spec, batch)
+    with fast_vision(spec.model):
+        images = image_tokens(spec, batch)
     variants = [(c, q) for c in range(len(conditions)) for q in range(len(samples))]
     hits = np.zeros((len(conditions), len(samples)))
     for part in chunks(len(variants), batch_size):

@@ -2,7 +2,8 @@
 
 Each condition forbids the answer position (the last prompt token) from attending to every image
 token in some decoder layers: none (the baseline), each layer alone, then all layers. Reported per
-question type: accuracy, and how far the right answer's logit falls from the baseline.
+question type: accuracy, and how far the right answer's logit falls from the baseline. On any contrast and
+metric, one layer or cell group at a time: ``anatomy.causal.knockout_sweep``.
 
 >>> result = knockout_by_layer(spec, [sample(0, "test", i) for i in range(60)])
 >>> result.accuracy["colour"]          # (conditions,): none, layer 0, ..., all layers
@@ -16,9 +17,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.causal.batches import answer_logits, chunks, image_tokens, toy_batch, with_image_tokens
-from anatomy.causal.edits import knock_out
+from anatomy.causal import knock_out
+from anatomy.causal.batches import answer_logits, chunks, image_tokens, with_image_tokens
+from anatomy.kernels import fast_vision
 from anatomy.model import decoder_layers
+from anatomy.toy.experiments.contrasts import toy_batch
 from anatomy.toy.task import QUESTION_TYPES, Sample
 
 
@@ -38,7 +41,8 @@ def knockout_by_layer(spec, samples: list[Sample], batch_size: int = 512) -> Kno
     layer_sets = [()] + [(i,) for i in range(count)] + [tuple(range(count))]
     names = ["none"] + [f"layer {i}" for i in range(count)] + ["all layers"]
     batch = toy_batch(spec, samples)
-    images = image_tokens(spec, batch)
+    with fast_vision(spec.model):
+        images = image_tokens(spec, batch)
     variants = [(c, q) for c in range(len(layer_sets)) for q in range(len(samples))]
     right = np.zeros((len(layer_sets), len(samples)))
     correct = np.zeros((len(layer_sets), len(samples)))
@@ -79,13 +83,16 @@ def knockout_figure(result: KnockoutResult) -> Figure:
 
 
 def knockout_queries(spec, samples: list[Sample], positions: list[int], layers) -> tuple[np.ndarray, np.ndarray]:
-    """Block each row's query ``positions[i]`` from every image token in ``layers``.
+    """Block question i's query ``positions[i]`` (a position in its own prompt, as ``positions`` reports them)
+    from every image token in ``layers``.
 
     Returns ``(right, logit_drop)``, each ``(questions,)``: answered right, and the fall of the right
     answer's logit from the unedited run.
     """
     batch = toy_batch(spec, samples)
-    edits = [knock_out(layers, queries=[p], keys="image", rows=[i]) for i, p in enumerate(positions)]
+    lengths = batch["attention_mask"].sum(1).tolist()  # each prompt's own length: the batch pads on the left
+    edits = [knock_out(layers, queries=[p - length], keys="image", rows=[i])
+             for i, (p, length) in enumerate(zip(positions, lengths))]  # fmt: skip
     plain, blocked = answer_logits(spec, batch), answer_logits(spec, batch, edits)
     rows, truth = torch.arange(len(samples)), batch["labels"].to(plain.device)
     drop = (plain - blocked)[rows, truth].cpu().numpy()
