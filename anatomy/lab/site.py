@@ -6,9 +6,13 @@ Each notebook runs through papermill, which sets the variables of its cell tagge
     python -m anatomy.lab.site --out site                         # the toy on the CPU (make html)
     python -m anatomy.lab.site --out gpu --source Qwen/Qwen2.5-VL-7B-Instruct --device cuda
 
-writes ``<out>/executed/NN_name.ipynb`` (the executed copies), ``<out>/NN_name.html`` and
-``<out>/index.html``. A notebook that fails is still kept and rendered, with its error shown;
+writes ``<out>/executed/NN_name.ipynb`` (the executed copies), ``<out>/NN_name.html``, ``<out>/index.html``
+and its thumbnails in ``<out>/thumbs``. A notebook that fails is still kept and rendered, with its error shown;
 the command then lists the failures and exits with status 1.
+
+The pages work offline: nothing is loaded over the network (``OFFLINE``, ``for_students``). Two cell tags
+shape them: ``check`` on cells that only assert (``assertion_cells``), which nbval runs and the pages leave
+out unless they fail, and ``key-figure`` on the cell whose figure the index shows (else the first figure).
 """
 
 from __future__ import annotations
