@@ -213,18 +213,6 @@ def test_a_relative_cache_is_resolved_once(tmp_path, monkeypatch):
     assert cache_root() == tmp_path / "models"
 
 
-def test_eager_gives_each_sub_model_its_own_kernel_back():
-    from anatomy.kernels import eager
-    from anatomy.toy.load import untrained_toy
-
-    model = untrained_toy().model
-    model.set_attn_implementation({"vision_config": "eager", "text_config": "sdpa"})
-    with eager(model):
-        assert model.config.text_config._attn_implementation == "eager"
-    assert model.config.vision_config._attn_implementation == "eager"
-    assert model.config.text_config._attn_implementation == "sdpa"
-
-
 @pytest.mark.parametrize("source", ["tiny", "toy"])
 def test_a_negative_seed_is_refused_alike_by_every_source(source):
     with pytest.raises(ValueError, match=r"seed=-1; expected a non-negative integer"):
