@@ -281,11 +281,12 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    """A ``Session`` over a copy of the notebooks: the repository's stay without outputs."""
+    """A ``Session`` over a copy of the notebooks and the pictures they read: the repository's stay without outputs."""
     found = require(os.environ, pytest.skip, pytest.fail)
     root, home = tmp_path_factory.mktemp("notebooks"), tmp_path_factory.mktemp("lab")
     for notebook in (REPO / "notebooks").glob("*.ipynb"):
         shutil.copy(notebook, root / notebook.name)
+    shutil.copytree(REPO / "notebooks" / "pictures", root / "pictures")
     shots = Path(os.environ.get("ANATOMY_SCREENSHOTS", home / "screenshots"))
     with jupyter_lab(root, home) as lab, chromium(found, home / "chromium", home / "chromedriver.log") as driver:
         yield Session(lab, driver, shots, tmp_path_factory.mktemp("evidence"))
