@@ -15,7 +15,7 @@ are in the teachers' guide, ``docs/teachers/``, never in the student notebooks.
 | 06 | ``mrope_ids`` (needs ``specimen=``), ``video_time_step`` and ``second_picture_ids`` (predict, then verify) |
 | 07 | ``attention_probs``, ``busiest_head`` (predict, then verify) |
 | 08 | ``per_area`` |
-| 09 | ``patch_by_hand`` (needs the toy as ``specimen=``) |
+| 09 | ``patch_by_hand`` (needs the toy as ``specimen=``); ``zeroed_where``, ``blocked_colour``, ``patched_answer`` (predict, then verify; the toy as ``specimen=``, the question as ``asked=``) |
 | 10 | ``lens_top`` (needs ``specimen=``) |
 """
 
@@ -25,19 +25,20 @@ from anatomy.exercises import decoder, overview, toy, vision
 from anatomy.lab.exercises import Exercise, Verdict
 
 _MODULES = (overview, vision, decoder, toy)
+CAUSAL = ("patch_by_hand", "zeroed_where", "blocked_colour", "patched_answer")  # notebook 09's: they load the toy
 EXERCISES: dict[str, Exercise] = {
     value.name: value for module in _MODULES for value in vars(module).values() if isinstance(value, Exercise)
 }
 
 
 def exercise(name: str) -> Exercise:
-    """The exercise called ``name``; the causal one (notebook 09) is imported on first use."""
-    if name == "patch_by_hand":
-        from anatomy.exercises.causal import PATCH_BY_HAND
+    """The exercise called ``name``; notebook 09's (``CAUSAL``) are imported on first use."""
+    if name in CAUSAL:
+        from anatomy.exercises import causal
 
-        return PATCH_BY_HAND
+        return getattr(causal, name.upper())
     if name not in EXERCISES:
-        raise ValueError(f"no exercise {name!r}; expected one of {sorted([*EXERCISES, 'patch_by_hand'])}")
+        raise ValueError(f"no exercise {name!r}; expected one of {sorted([*EXERCISES, *CAUSAL])}")
     return EXERCISES[name]
 
 

@@ -1,5 +1,6 @@
-"""Exercise of notebook 09: activation patching written with plain forward hooks, checked against
-``anatomy.causal``'s ``patch`` through ``intervene`` on the toy."""
+"""Exercises of notebook 09: activation patching written with plain forward hooks, checked against
+``anatomy.causal``'s ``patch`` through ``intervene`` on the toy; and three experiments to run (predict, then
+verify), each checked against the same edit made by the package on the question the notebook names."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import random
 
 import torch
 
-from anatomy.causal import intervene, patch, record
+from anatomy.causal import answer_logits, intervene, knock_out, patch, record, zero
 from anatomy.lab.exercises import Case, Exercise
+from anatomy.toy.experiments import counterfactual, toy_batch
 from anatomy.toy.encode import encode
 from anatomy.toy.task import sample
 
@@ -56,3 +58,54 @@ PATCH_BY_HAND = Exercise(
     diagnose=_patch_mistakes,
     needs=("specimen",),
 )
+
+
+def _cell(asked) -> list[tuple[int, int]]:
+    """The asked object's (row, column) cell."""
+    thing = asked.scene.things[asked.target[0]]
+    return [(thing.row, thing.col)]
+
+
+def _word(specimen, logits: torch.Tensor) -> str:
+    return specimen.processor.tokenizer.decode(logits.argmax(-1)).strip()
+
+
+def _zeroed_case(rng: random.Random, specimen, asked) -> list[Case]:
+    logits = answer_logits(specimen, toy_batch(specimen, [asked]), [zero("vision.merger.output", cells=_cell(asked))])
+    return [Case("the where question with its object's cell zeroed", (), _word(specimen, logits))]
+
+
+def _blocked_case(rng: random.Random, specimen, asked) -> list[Case]:
+    batch = toy_batch(specimen, [asked])
+    layers = range(specimen.config.text_config.num_hidden_layers)
+    logits = answer_logits(specimen, batch, [knock_out(layers, keys="image", cells=_cell(asked))])
+    return [Case("the colour question with its object's cell hidden", (),
+                 torch.softmax(logits.float(), -1)[0, batch["labels"][0]].item())]
+
+
+def _patched_case(rng: random.Random, specimen, asked) -> list[Case]:
+    site = f"decoder.layers.{specimen.config.text_config.num_hidden_layers - 1}.output"
+    other = toy_batch(specimen, [counterfactual(asked)])
+    source = record(specimen, {k: v for k, v in other.items() if k != "labels"}, site)
+    logits = answer_logits(specimen, toy_batch(specimen, [asked]), [patch(site, source, positions=[-1])])
+    return [Case("the colour question with its answer position patched", (), _word(specimen, logits))]
+
+
+def _word_compare(got, expected: str) -> str | None:
+    if not isinstance(got, str):
+        return "{yours} " + f"{type(got).__name__}; expected a word (a string)"
+    return None if got.strip() == expected else "{yours} " + f"{got!r}, which is not what the model answers"
+
+
+def _probability_compare(got, expected: float) -> str | None:
+    if isinstance(got, bool) or not isinstance(got, (int, float)) or not 0 <= got <= 1:
+        return "{yours} " + f"{got!r}; expected a probability, a float from 0 to 1"
+    return None if abs(got - expected) <= 5e-3 else "{yours} " + f"{got!r}, which is not it (3 decimals are enough)"
+
+
+ZEROED_WHERE = Exercise("zeroed_where", "a string", _zeroed_case, compare=_word_compare, function=False,
+                        needs=("specimen", "asked"))
+BLOCKED_COLOUR = Exercise("blocked_colour", "a float", _blocked_case, compare=_probability_compare,
+                          function=False, needs=("specimen", "asked"))
+PATCHED_ANSWER = Exercise("patched_answer", "a string", _patched_case, compare=_word_compare, function=False,
+                          needs=("specimen", "asked"))

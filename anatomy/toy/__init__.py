@@ -21,7 +21,10 @@ one (minutes on a CPU) into a verified cache.
     evaluate   held-out accuracy, turn ending, and where the answer's attention goes
     figures    that evidence drawn, and the learning curve
     curve      the learning curve read: the plateau, the snap, the ratios per layer
-    example    the running example of notebooks 03-07 and 10: one held-out picture and question
+    example    the running example of notebooks 03-07, 10 and 11: one held-out picture and question
+    edit       one object of a scene recoloured, moved or erased, by its cell (notebook 11)
+    editor     the counterfactual editor: a live figure of the edited picture and the answer's probabilities
+    experiments  the toy as one adapter of ``anatomy.causal``: its questions as contrasts, its sweeps and figures
     cli        ``main_toy``: ``python -m anatomy toy evaluate|train|ensure|path``
 """
 

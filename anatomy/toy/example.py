@@ -1,6 +1,6 @@
 """The running example: one held-out toy picture and one question, followed from pixels to answer.
 
-Notebooks 03-07 and 10 all follow the same object: the cross of the first
+Notebooks 03-07, 10 and 11 all follow the same object: the cross of the first
 held-out picture whose question is "What colour is the cross?". It is picked
 by that rule, not by looking, and depends only on the task's seed (not on
 any model).

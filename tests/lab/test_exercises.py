@@ -155,6 +155,33 @@ def test_the_patching_exercise_on_the_toy_catches_a_hook_left_behind():
     assert unpatched.status == "not right yet"
 
 
+def test_the_experiments_of_notebook_09_are_checked_against_the_model():
+    """The patched answer against the teachers' plain-hook patch; a colour word the model does not give, a
+    probability off by 0.1, and answers of the wrong type are refused with a hint."""
+    import anatomy
+    from anatomy.toy import QUESTION_TYPES, sample
+    from anatomy.toy.experiments import counterfactual, toy_batch
+
+    toy = anatomy.load("toy")
+    by_type = {kind: [sample(0, "test", i) for i in range(k, 9, 3)] for k, kind in enumerate(QUESTION_TYPES)}
+    asked = by_type["colour"][2]
+    inputs = [{k: v for k, v in toy_batch(toy, [s]).items() if k != "labels"} for s in (asked, counterfactual(asked))]
+    last = toy.config.text_config.num_hidden_layers - 1
+    word = toy.processor.tokenizer.decode(solutions.patch_by_hand(toy, *inputs, last, -1).argmax(-1)).strip()
+    assert judge("patched_answer", word, specimen=toy, asked=asked).status == "right"
+    assert judge("patched_answer", f" {word}", specimen=toy, asked=asked).status == "right"
+    other = next(c for c in ("red", "green", "blue", "yellow", "purple", "orange") if c != word)
+    assert "not what the model answers" in judge("patched_answer", other, specimen=toy, asked=asked).hint
+    assert "a string" in judge("patched_answer", 3, specimen=toy, asked=asked).hint
+    colour = by_type["colour"][1]
+    right = exercise("blocked_colour").cases(None, specimen=toy, asked=colour)[0].expected
+    assert judge("blocked_colour", round(right, 3), specimen=toy, asked=colour).status == "right"
+    wrong = judge("blocked_colour", min(right + 0.1, 1.0) if right < 0.9 else right - 0.1, specimen=toy, asked=colour)
+    assert wrong.status == "not right yet" and f"{right:.3f}" not in wrong.hint
+    assert "from 0 to 1" in judge("blocked_colour", "0.5", specimen=toy, asked=colour).hint
+    assert judge("zeroed_where", None, specimen=toy, asked=by_type["where"][0]).status == NOT_ANSWERED
+
+
 def test_value_exercises_compare_with_what_the_package_computes():
     rows = type("Rows", (), {"layers": [0, 1], "heads": [0, 1, 2]})()
     on_cell = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.1, 0.0]])  # layer 1, head 0 holds the most
