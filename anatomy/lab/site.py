@@ -23,6 +23,7 @@ import base64
 import copy
 import html
 import io
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -208,9 +209,22 @@ def thumbnail(png: bytes, path: Path, box: tuple[int, int] = (480, 300)) -> Path
     return path
 
 
+TEACHING = (("docs/teaching.md", "the class plan: objectives, minutes, routes, glossary, discussion questions"),
+            ("docs/real_weights.md", "real weights, for a teacher with a GPU: memory per size, commands"))
+
+
+def for_teachers(out: Path, root: Path = NOTEBOOKS.parent) -> str:
+    """A paragraph linking the teaching guides of the checkout at ``root`` (relative to ``out``); empty when
+    the checkout has none (an installed package)."""
+    links = [f'<a href="{html.escape(os.path.relpath(root / doc, out))}">{html.escape(Path(doc).name)}</a>: {about}'
+             for doc, about in TEACHING if (root / doc).is_file()]
+    return f"<p>For teachers: {'; '.join(links)}.</p>" if links else ""
+
+
 def index(pages: list[Page], out: Path, parameters: dict) -> Path:
     """``out/index.html``: per notebook its key figure's thumbnail (in ``out/thumbs``), title, aim, run time and
-    status, linked to its page and its executed copy; and the parameters the notebooks ran with."""
+    status, linked to its page and its executed copy; the parameters the notebooks ran with; and the teaching
+    guides (``for_teachers``)."""
     import nbformat
 
     cards = []
@@ -230,6 +244,7 @@ def index(pages: list[Page], out: Path, parameters: dict) -> Path:
     path.write_text(f"<!doctype html><meta charset='utf-8'><title>anatomy: Qwen2.5-VL, dissected</title>"
                     f"<style>{STYLE}</style><h1>anatomy: Qwen2.5-VL, dissected</h1>"
                     f"<p>Every notebook executed with {html.escape(ran)}; run times are this machine's.</p>"
+                    f"{for_teachers(out)}"
                     f"<ol>\n" + "\n".join(cards) + "\n</ol>\n", encoding="utf-8")
     return path
 

@@ -197,6 +197,15 @@ def test_the_index_shows_title_aim_run_time_and_key_figure(tmp_path):
     assert colours == {"01_keyed": (255, 0, 0), "02_untagged": (0, 0, 255)}
 
 
+def test_the_index_links_the_teaching_guides_that_exist(tmp_path):
+    (tmp_path / "repo" / "docs").mkdir(parents=True)
+    (tmp_path / "repo" / "docs" / "teaching.md").write_text("# plan")
+    links = site.for_teachers(tmp_path / "repo" / "site", tmp_path / "repo")
+    assert 'href="../docs/teaching.md"' in links and "real_weights" not in links
+    assert site.for_teachers(tmp_path / "site", tmp_path / "nothing") == ""
+    assert "docs/real_weights.md" in site.for_teachers(site.NOTEBOOKS.parent / "site")  # this checkout has both
+
+
 def test_a_thumbnail_fits_its_box(tmp_path):
     path = site.thumbnail(base64.b64decode(_png("green", size=(1200, 300))), tmp_path / "t.png", box=(480, 300))
     assert Image.open(path).size == (480, 120)
