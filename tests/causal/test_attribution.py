@@ -21,7 +21,6 @@ from anatomy.causal import (
     top_cells,
 )
 from anatomy.causal.attribution import compare_figure, ranks, spearman
-from anatomy.inputs import demo_image
 from anatomy.model import decoder_layers, vision_blocks, vision_tower
 from anatomy.toy import sample
 from anatomy.toy.experiments import counterfactual

@@ -9,7 +9,7 @@ from PIL import Image
 import anatomy
 from anatomy.causal import Contrast, as_metric, log_prob, logit_diff, pair, probability
 from anatomy.causal.batches import answer_logits
-from anatomy.inputs import demo_image, encode
+from anatomy.inputs import encode
 from anatomy.toy import sample
 from anatomy.toy.encode import answer_token
 from anatomy.toy.experiments import counterfactual, toy_batch

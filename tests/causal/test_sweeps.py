@@ -23,7 +23,6 @@ from anatomy.causal import (
     record,
 )
 from anatomy.causal.sweeps import cells_figure, positions_figure
-from anatomy.inputs import demo_image
 from anatomy.model import decoder_layers, shipped_config, vision_tower
 from anatomy.processor import token_text
 from anatomy.vision.windows import windows
