@@ -76,7 +76,7 @@ html: $(STAMP)
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
 	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py \
-	              benchmarks/attribution_agreement.py; do \
+	              benchmarks/attribution_agreement.py benchmarks/plan_memory.py benchmarks/patching_comparison.py; do \
 	    $(PY) $$script || exit 1; done
 
 clean:

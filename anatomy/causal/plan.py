@@ -24,9 +24,12 @@ What it counts:
   the tower and in the decoder at the seconds per FLOP measured there. The pass may be the process's
   first, which runs slower: then the estimate is high. Otherwise ``device`` names a GPU of
   ``PEAK_FLOPS`` (default ``"H100"``) run at ``utilisation`` of its dense bf16 peak.
-- peak memory: the weights plus what the sweep itself checks against ``budget_gib`` (the estimates its
-  batch size comes from), with the largest pass it will run. A sweep over budget is planned with one copy
-  per pass and carries the refusal it would raise. The calls and bytes are counted in ``anatomy.causal.calls``.
+- peak memory: the weights, what the sweep keeps throughout (pixels, recorded activations, image tokens) and
+  its largest call, each call's peak counted tensor by tensor (``anatomy.causal.cost.pass_bytes``,
+  ``graph_bytes``): an upper bound, within 1.5x of the peak measured on tiny (``benchmarks/plan_memory.py``).
+  The batch size and the refusal are the sweep's own (its budget check counts more than the run holds); a
+  sweep over budget is planned with one copy per pass and carries the refusal it would raise. The calls and
+  bytes are counted in ``anatomy.causal.calls``.
 
 Sizes print in GiB (2^30 bytes) with two decimals, in MiB (2^20 bytes) below 1 GiB.
 """
@@ -35,13 +38,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from anatomy.causal.attribution import attribution
 from anatomy.causal.calls import ESTIMATES, Pass
@@ -76,6 +79,7 @@ class Plan:
     memory: dict[str, int]
     budget_gib: float
     refusal: str | None
+    least_budget_gib: float  # the least budget_gib the sweep's own check accepts (to 1 MiB)
     seconds_per_flop: tuple[float, float]  # in the vision tower, in the decoder
     timing: str
     call: functools.partial = field(repr=False)
@@ -122,6 +126,7 @@ class Plan:
         parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory.items())
         budget = (f"over budget_gib={self.budget_gib:g}: {self.refusal}" if self.refusal
                   else f"within budget_gib={self.budget_gib:g} (the weights apart)")  # fmt: skip
+        budget += f"; the sweep accepts budget_gib >= {self.least_budget_gib:.3g}"
         return "\n".join([
             f"plan: {self.sweep} on {self.model}, {self.pairs} pair(s), {self.shape}",
             (f"  {self.copies:,} (site, group) estimates, {self.batch_size:,} pair(s) per pass"
@@ -191,7 +196,7 @@ def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_siz
         raise TypeError(f"{sweep} takes no such option ({error}); its options: {_options(sweep)}") from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
-    passes, memory, size, copies, refusal = ESTIMATES[sweep](arguments)
+    passes, memory, size, copies, refusal, least = ESTIMATES[sweep](arguments)
     itemsize = unwrap(spec).dtype.itemsize
     weights = sum(p.numel() for p in unwrap(spec).parameters()) * itemsize
     timed_here = device is None and spec.has_weights and not refusal  # a job over budget runs nothing
@@ -202,8 +207,8 @@ def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_siz
     shape = (f"pictures {rows * side} x {cols * side} px: {first.grid[0]} x {first.grid[1]} cells, {rows * cols} "
              f"patches, {length} tokens")  # fmt: skip
     return Plan(sweep, f"{spec.source} ({spec.kind}, {unwrap(spec).dtype})", spec.config, len(contrast.pairs), shape,
-                copies, size, dict(passes), {"weights": weights, **memory}, arguments["budget_gib"], refusal, rate,
-                timing, functools.partial(SWEEPS[sweep], **arguments))  # fmt: skip
+                copies, size, dict(passes), {"weights": weights, **memory}, arguments["budget_gib"], refusal, least,
+                rate, timing, functools.partial(SWEEPS[sweep], **arguments))  # fmt: skip
 
 
 def _options(sweep: str) -> list[str]:
@@ -258,17 +263,23 @@ def measure_rate(spec, contrast: Contrast, passes: Counter) -> tuple[tuple[float
 
 
 def measured_peak(run, device) -> tuple[object, int]:
-    """``run()``'s result and the peak memory it reached, in bytes, to set beside ``Plan.peak_bytes`` (weights
-    included): on a GPU the CUDA allocator's peak during the run; on a CPU the process's resident high-water mark
-    (``ru_maxrss``), which counts the interpreter and everything before it: a benchmark measures each plan in a
-    fresh subprocess. For benchmarks; the package itself never calls it."""
+    """``run()``'s result and the peak of torch's allocations it made, in bytes: what was allocated before it (the
+    weights) apart, to set beside ``Plan.peak_bytes - Plan.memory["weights"]``. On a GPU from the CUDA allocator's
+    statistics; on a CPU, whose allocator keeps none, from torch's profiler (``profile_memory``: every allocation
+    and free, summed in time order; tracemalloc and the resident size do not see torch's blocks one by one). For
+    benchmarks and tests; the package itself never calls it."""
     device = torch.device(device)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         result = run()
-        return result, torch.cuda.max_memory_allocated(device)
-    result = run()
-    return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return result, torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        result = run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
+                    if e.name() == "[memory]")  # fmt: skip
+    return result, int(np.cumsum([0] + [size for _, size in events]).max())
 
 
 def _synchronize(device: torch.device) -> None:
