@@ -17,6 +17,7 @@ are in the teachers' guide, ``docs/teachers/``, never in the student notebooks.
 | 08 | ``per_area`` |
 | 09 | ``patch_by_hand`` (needs the toy as ``specimen=``); ``zeroed_where``, ``blocked_colour``, ``patched_answer`` (predict, then verify; the toy as ``specimen=``, the question as ``asked=``) |
 | 10 | ``lens_top`` (needs ``specimen=``) |
+| 11 | ``erased_stops``, ``moved_together``, ``circle_last_site`` (predict, then verify; the toy and the notebook's edits) |
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from anatomy.exercises import decoder, overview, toy, vision
 from anatomy.lab.exercises import Exercise, Verdict
 
 _MODULES = (overview, vision, decoder, toy)
-CAUSAL = ("patch_by_hand", "zeroed_where", "blocked_colour", "patched_answer")  # notebook 09's: they load the toy
+CAUSAL = ("patch_by_hand", "zeroed_where", "blocked_colour", "patched_answer",  # notebook 09's
+          "erased_stops", "moved_together", "circle_last_site")  # 11's: all of them run the toy
 EXERCISES: dict[str, Exercise] = {
     value.name: value for module in _MODULES for value in vars(module).values() if isinstance(value, Exercise)
 }
 
 
 def exercise(name: str) -> Exercise:
-    """The exercise called ``name``; notebook 09's (``CAUSAL``) are imported on first use."""
+    """The exercise called ``name``; notebooks 09's and 11's (``CAUSAL``) are imported on first use."""
     if name in CAUSAL:
         from anatomy.exercises import causal
 

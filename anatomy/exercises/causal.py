@@ -1,11 +1,12 @@
-"""Exercises of notebook 09: activation patching written with plain forward hooks, checked against
-``anatomy.causal``'s ``patch`` through ``intervene`` on the toy; and three experiments to run (predict, then
-verify), each checked against the same edit made by the package on the question the notebook names."""
+"""Exercises of notebooks 09 and 11: activation patching written with plain forward hooks, checked against
+``anatomy.causal``'s ``patch`` through ``intervene`` on the toy; and experiments to run (predict, then verify),
+each checked against the same experiment run by the package on the objects the notebook names."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 
 from anatomy.causal import answer_logits, intervene, knock_out, patch, record, zero
@@ -109,3 +110,49 @@ BLOCKED_COLOUR = Exercise("blocked_colour", "a float", _blocked_case, compare=_p
                           function=False, needs=("specimen", "asked"))
 PATCHED_ANSWER = Exercise("patched_answer", "a string", _patched_case, compare=_word_compare, function=False,
                           needs=("specimen", "asked"))
+
+
+def _erased_case(rng: random.Random, specimen, edit) -> list[Case]:
+    from anatomy.toy.editor import patch_back, site_label
+
+    erased = patch_back(specimen, edit, alone=False)
+    return [Case("the erased cross patched back", (),
+                 site_label(erased.effects.sites[int(np.flatnonzero(erased.restored < 0.5)[0])]))]
+
+
+def _together_case(rng: random.Random, specimen, contrast, metric, cells) -> list[Case]:
+    from anatomy.causal import Groups, patching_sweep
+
+    both = Groups("cell", contrast.pairs[0].grid, (tuple(cells),), ("both",))
+    together = patching_sweep(specimen, contrast, metric, sites=["vision.blocks.3.output"], cells=both)
+    return [Case("both moved cells patched back together", (), float(together.effects[0, 0, 0]))]
+
+
+def _circle_case(rng: random.Random, specimen, asked) -> list[Case]:
+    from anatomy.toy import Sample
+    from anatomy.toy.editor import Edit, patch_back, site_label
+
+    circle = Sample(asked.scene, "colour", "What colour is the circle?", "red", (3,))
+    back = patch_back(specimen, Edit(circle, (0, 1), "green", (0, 1)), alone=False)
+    return [Case("the circle recoloured and patched back", (),
+                 site_label(back.effects.sites[int(np.flatnonzero(back.restored > 0.5).max())]))]
+
+
+def _site_compare(got, expected: str) -> str | None:
+    if not isinstance(got, str):
+        return "{yours} " + f"{type(got).__name__}; expected a site name as site_label writes it, e.g. 'vis 2 out'"
+    return None if got.strip() == expected else "{yours} " + f"{got!r}, which is not it"
+
+
+def _effect_compare(got, expected: float) -> str | None:
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return "{yours} " + f"{got!r}; expected a float"
+    return None if abs(got - expected) <= 0.02 else "{yours} " + f"{got!r}, which is not it (two decimals are enough)"
+
+
+ERASED_STOPS = Exercise("erased_stops", "a string", _erased_case, compare=_site_compare, function=False,
+                        needs=("specimen", "edit"))
+MOVED_TOGETHER = Exercise("moved_together", "a float", _together_case, compare=_effect_compare, function=False,
+                          needs=("specimen", "contrast", "metric", "cells"))
+CIRCLE_LAST_SITE = Exercise("circle_last_site", "a string", _circle_case, compare=_site_compare, function=False,
+                            needs=("specimen", "asked"))

@@ -182,6 +182,27 @@ def test_the_experiments_of_notebook_09_are_checked_against_the_model():
     assert judge("zeroed_where", None, specimen=toy, asked=by_type["where"][0]).status == NOT_ANSWERED
 
 
+def test_the_experiments_of_notebook_11_are_checked_against_the_model():
+    """The erased cross against a patch-back read independently (the first site, in data-flow order, where less
+    than half comes back); site names and effects of the wrong type or value are refused with a hint."""
+    import anatomy
+    from anatomy.toy.editor import Edit, patch_back, site_label
+    from anatomy.toy.example import running_example
+
+    toy = anatomy.load("toy")
+    example = running_example()
+    erase = Edit(example.sample, example.cell, "erased", example.cell)
+    back = patch_back(toy, erase, alone=False)
+    first = next(site for site, restored in zip(back.effects.sites, back.restored) if restored < 0.5)
+    assert judge("erased_stops", site_label(first), specimen=toy, edit=erase).status == "right"
+    others = [site_label(s) for s in back.effects.sites if s != first]
+    assert "not it" in judge("erased_stops", others[0], specimen=toy, edit=erase).hint
+    assert "site name" in judge("erased_stops", 3, specimen=toy, edit=erase).hint
+    assert "expected a float" in exercise("moved_together").compare("0.5", 0.5)
+    assert exercise("moved_together").compare(0.51, 0.5) is None
+    assert "not it" in exercise("moved_together").compare(0.6, 0.5)
+
+
 def test_value_exercises_compare_with_what_the_package_computes():
     rows = type("Rows", (), {"layers": [0, 1], "heads": [0, 1, 2]})()
     on_cell = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.1, 0.0]])  # layer 1, head 0 holds the most
