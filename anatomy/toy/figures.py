@@ -46,8 +46,9 @@ def looking_figure(specimen, samples: list[Sample], layer: int | None = None, co
                    vmax: float | None = None) -> Figure:
     """Each picture beside the answer position's attention to its 4x4 cells in ``layer`` (default: the last).
 
-    Heads are averaged; the asked-about objects are outlined in green in both panels; each title
-    gives the question and the model's answer (the argmax over the whole vocabulary). Every map shares
+    Heads are averaged; the asked-about objects are outlined in green in both panels; the figure's title
+    names the model (``specimen.source``), each panel's the question and the model's answer (the argmax
+    over the whole vocabulary). Every map shares
     one colour scale, from 0 to ``vmax`` (default: the largest share a cell gets here; pass another
     model's ``looking_scale`` to draw two models on one scale).
     """
@@ -73,7 +74,8 @@ def looking_figure(specimen, samples: list[Sample], layer: int | None = None, co
                 axis.add_patch(Rectangle((thing.col * CELL, thing.row * CELL), CELL, CELL, fill=False, ec="lime", lw=2))
         panel.suptitle(f"{s.question}\n-> '{drawable(one_line(answer))}' ({mark})", fontsize=9, fontfamily=label_fonts())
     scale.colorbar(shown, cax=scale.add_axes((0.15, 0.15, 0.2, 0.7)), label="attention (one scale for all maps)")
-    figure.suptitle(f"attention of the answer position to the image, decoder layer {layer}, heads averaged")
+    figure.suptitle(f"{specimen.source}: attention of the answer position to the image, decoder layer {layer}, "
+                    "heads averaged")
     return figure
 
 

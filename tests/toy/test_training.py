@@ -354,6 +354,7 @@ def test_looking_figure_draws_eager_attention_and_the_model_answer():
     assert np.allclose(cells, expected.numpy(), atol=1e-6)
     assert answer == spec.processor.tokenizer.decode(int(out.logits[0, -1].argmax()))
     figure = looking_figure(spec, [s, sample(0, "test", 1)], columns=2)
+    assert figure.get_suptitle().startswith("toy (untrained): ")  # the title names the model drawn
     grid, scale = figure.subfigs  # the panels, and the colour bar they share
     assert len(grid.subfigs) == 2 and all(len(panel.axes) == 2 for panel in grid.subfigs)  # picture, map
     maps = [panel.axes[1].images[0] for panel in grid.subfigs]
