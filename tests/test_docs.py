@@ -48,7 +48,7 @@ def within_budget(spec, pairs: Contrast, sweep: str) -> tuple[object, int | None
     planned = plan(spec, pairs, sweep=sweep, device=GPU)
     if not planned.refusal:
         return planned, None
-    budget = math.ceil((planned.peak_bytes - planned.memory["weights"]) / 2**30)
+    budget = math.ceil(planned.least_budget_gib)
     return plan(spec, pairs, sweep=sweep, device=GPU, budget_gib=budget), budget
 
 
