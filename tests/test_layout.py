@@ -3,7 +3,7 @@
 The floor is what every lesson may use: ``model``, ``kernels``, ``processor``, ``inputs``, ``capture/`` and ``lab/``.
 The lessons (``overview/``, ``vision/``, ``decoder/``) import the floor only, never each other, except the
 pairs listed in ``WITHIN_A_STAGE`` (a lesson built on another one of its own stage). Everything else
-(``sources``, ``toy/``, ``causal/``, ``serving/``, ``dissect``, ``__main__``, ``processes``, ``browser``) sits on
+(``sources``, ``toy/``, ``causal/``, ``serving/``, ``dissect``, ``__main__``, ``processes``, ``browser``, ``hub``) sits on
 top. ``causal/`` works on any specimen: it imports nothing of the toy, which is one adapter over it.
 """
 
@@ -122,7 +122,7 @@ def test_every_stage_has_its_folder():
     stages = {path.name for path in ROOT.iterdir() if (path / "__init__.py").exists()}
     assert {"capture", "overview", "vision", "decoder", "lab", "toy", "serving"} <= stages
     flat = sorted(path.stem for path in ROOT.glob("*.py"))
-    assert flat == ["__init__", "__main__", "browser", "dissect", "inputs", "kernels", "model", "processes",
+    assert flat == ["__init__", "__main__", "browser", "dissect", "hub", "inputs", "kernels", "model", "processes",
                     "processor", "sources"]
 
 
