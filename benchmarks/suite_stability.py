@@ -12,7 +12,8 @@ the verdict (exit status and pytest's counts), the wall time, each part's time (
 browser: pytest's own summary; the leftover check: its own line), the ten slowest test phases of each part
 (``--durations``), and what the run left behind. Rows go to ``suite_stability.jsonl`` beside this script
 (an interrupted series keeps what it measured); the sections *Suite stability* and *Time of make test* of
-``RESULTS.md`` are written from that file.
+``RESULTS.md`` are written from that file. A red run's whole output is kept in ``suite-stability-logs/`` of the
+system's temporary directory, and its row's ``log`` names the file.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def suite_run(folder: Path, env: dict) -> dict:
     return {"code": code, "commit": commit, "install_seconds": install, "seconds": seconds, **parse(log, PARTS)}
 
 
+KEPT = Path(tempfile.gettempdir()) / "suite-stability-logs"  # the output of every red run
+
+
 def measure(kind: str, runs: int, idle: bool) -> list[dict]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
     measured = []
@@ -98,6 +102,11 @@ def measure(kind: str, runs: int, idle: bool) -> list[dict]:
                                                       start_new_session=True)
             try:
                 row = (browser_run if kind == "browser" else suite_run)(Path(root), env)
+                if row["code"] != 0:  # a red run's whole output is the evidence: kept beside the temporary root
+                    kept = KEPT / f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
+                    kept.parent.mkdir(exist_ok=True)
+                    kept.write_text("".join(log.read_text(errors="replace") for log in sorted(Path(root).glob("*.log"))))
+                    row["log"] = str(kept)
             finally:
                 if busy is not None:
                     stop_group(busy)
@@ -159,6 +168,9 @@ def render_time(rows: list[dict]) -> str:
     for name, part in row["parts"].items():
         lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"] or ["not timed (no --durations)"]]
         lines.append("")
+    lines += ["Every idle run so far, red ones included:", "",
+              "| date | commit | verdict | time (s) |", "|---|---|---|---|"]
+    lines += [f"| {r['date']} | {r['commit']} | {verdict(r)} | {r['seconds']:.0f} |" for r in idle]
     return "\n".join(lines)
 
 
