@@ -18,10 +18,14 @@ from anatomy.toy.task import sample
 
 def _patch_cases(rng: random.Random, specimen) -> list[Case]:
     layers = specimen.config.text_config.num_hidden_layers
+    held_out = [sample(0, "test", i) for i in range(300)]
+    by_question: dict[str, list] = {}
+    for s in held_out:
+        by_question.setdefault(s.question, []).append(s)
+    paired = [group for group in by_question.values() if len(group) > 1]  # a question asked of two pictures
     cases = []
     for layer, position in ((layers - 1, -1), (0, -1), (rng.randrange(layers), -rng.randint(2, 6))):
-        asked = sample(0, "test", rng.randrange(300))
-        other = next(s for i in range(300) if (s := sample(0, "test", i)).question == asked.question and s != asked)
+        asked, other = rng.sample(rng.choice(paired), 2)
         batch, source = (_inputs(specimen, s) for s in (asked, other))  # the same question about two pictures
         site = f"decoder.layers.{layer}.output"
         with torch.no_grad(), intervene(specimen, [patch(site, record(specimen, source, site), positions=[position])]):

@@ -155,6 +155,21 @@ def test_the_patching_exercise_on_the_toy_catches_a_hook_left_behind():
     assert unpatched.status == "not right yet"
 
 
+def test_the_patching_exercise_draws_its_cases_for_any_seed():
+    """A notebook's check draws fresh random cases each run: every draw must be a valid pair (the same question,
+    two pictures), or the check cell fails now and then (it did: 1 in about 11 draws found no second picture)."""
+    import random
+
+    import anatomy
+
+    toy = anatomy.load("toy")
+    for seed in range(30):
+        for case in exercise("patch_by_hand").cases(random.Random(seed), specimen=toy):
+            batch, source = case.args[1], case.args[2]
+            assert torch.equal(batch["input_ids"], source["input_ids"]), seed
+            assert not torch.equal(batch["pixel_values"], source["pixel_values"]), seed
+
+
 def test_the_experiments_of_notebook_09_are_checked_against_the_model():
     """The patched answer against the teachers' plain-hook patch; a colour word the model does not give, a
     probability off by 0.1, and answers of the wrong type are refused with a hint."""
