@@ -17,6 +17,7 @@ together), so a job within ``budget_gib`` by their count holds less than that.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def _patching(arguments: dict) -> tuple:
     job = check_job(arguments["spec"], arguments["contrast"], arguments["metric"], arguments["sites"],
                     arguments["direction"], vision=not positions)  # fmt: skip
     size, refusal, least = _refused(batch_size, job, arguments["budget_gib"])
+    call = functools.lru_cache(maxsize=None)(functools.partial(_call, job))  # thousands of copies, a few kinds
     groups = 1 if positions else len(cell_groups(job.spec, job.pairs[0].grid, arguments["cells"]))
     passes, peaks, total = Counter(), [], 0
     for rows in job.contrast.groups:
@@ -163,13 +165,13 @@ def _patching(arguments: dict) -> tuple:
                   else len(rows) * groups)  # fmt: skip
         recorded = len(rows) * sum(site_bytes(job.spec, s, shape["tokens"][job.source], shape["patches"])
                                    for s in job.sites)  # fmt: skip
-        largest = max([recorded] + [_call(job, p) for p in unedited])
+        largest = max([recorded] + [call(p) for p in unedited])
         for site in job.sites:
             one = site_bytes(job.spec, site, shape["tokens"][job.target], shape["patches"])
             for chunk in _chunks(copies, size):
                 copy = Pass(chunk, shape["tokens"][job.target], vision=site.order != NONE, **common)
                 passes[copy] += 1
-                largest = max(largest, _call(job, copy) + 2 * chunk * one)
+                largest = max(largest, call(copy) + 2 * chunk * one)
         peaks.append(Counter({"pixels": _pixels(len(rows), shape), "recorded activations": recorded,
                               "image tokens": _image_tokens(job, rows, shape), "largest pass": largest}))  # fmt: skip
         total += copies * len(job.sites)
@@ -215,6 +217,7 @@ def _layers(arguments: dict, size_of, extra, groups: int, dense_layers: int) -> 
     ``extra(job, rows, tokens, layers)``'s fixed parts, and the largest call with its bytes per copy."""
     job, layers = layer_job(arguments["spec"], arguments["contrast"], arguments["metric"], arguments["layers"])
     size, refusal, least = _refused(size_of, job, layers, arguments["budget_gib"])
+    call = functools.lru_cache(maxsize=None)(functools.partial(_call, job))  # thousands of copies, a few kinds
     passes, peaks = Counter(), []
     for rows in job.contrast.groups:
         shape = _layout(job, rows)
@@ -224,11 +227,11 @@ def _layers(arguments: dict, size_of, extra, groups: int, dense_layers: int) -> 
                     Pass(len(rows), shape["tokens"]["clean"], vision=False, **common)]  # fmt: skip
         passes.update(unedited)
         fixed, per_copy = extra(job, rows, shape["tokens"]["clean"], len(layers))
-        largest = max(_call(job, p) for p in unedited)
+        largest = max(call(p) for p in unedited)
         for chunk in _chunks(len(rows) * groups, size) * len(layers):
             copy = Pass(chunk, shape["tokens"]["clean"], vision=False, dense_layers=dense_layers, **common)
             passes[copy] += 1
-            largest = max(largest, _call(job, copy, masked=dense_layers > 0) + chunk * per_copy)
+            largest = max(largest, call(copy, masked=dense_layers > 0) + chunk * per_copy)
         peaks.append(Counter({"pixels": _pixels(len(rows), shape), "image tokens": _image_tokens(job, rows, shape),
                               **fixed, "largest pass": largest}))  # fmt: skip
     return passes, _peak(*peaks), size, len(job.pairs) * len(layers) * groups, refusal, least
