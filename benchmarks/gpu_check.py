@@ -18,7 +18,9 @@ table row each:
    clean run at 3 decoder layer outputs, one group of image cells per vision window (4 x 4 cells,
    112 px) at a time, ``--batch-rows`` copies per forward pass; its time and peak GPU memory beside
    ``anatomy.causal.cost``'s FLOP count and time estimate;
-5. attribution patching: not implemented yet in the package, so its row says so.
+5. attribution patching of the same two pictures at the sweep's sites, one group per vision window
+   (2 forward passes and 1 backward): its time and peak memory beside ``anatomy.causal.plan``'s, planned
+   first (with the smallest budget that lets it run when the default is too small) and run as planned.
 
 Needs torch>=2.4 and transformers>=5.0 (``NEEDS``; the package's own lower bounds): with an older
 or missing one, or a missing dependency of the package, it stops with one line. A failed check
@@ -77,8 +79,9 @@ try:
     from PIL import ImageDraw
 
     from anatomy.capture import capture
-    from anatomy.causal import intervene, patch, record
+    from anatomy.causal import Contrast, intervene, logit_diff, pair, patch, record
     from anatomy.causal.cost import H200_BF16_FLOPS, SweepCost, decoder_flops, vision_flops
+    from anatomy.causal.plan import measured_peak, plan
     from anatomy.decoder.attention import record_attention as decoder_recorder
     from anatomy.inputs import demo_image, encode
     from anatomy.kernels import eager
@@ -326,6 +329,36 @@ def sweep_row(spec, prompt, sites, groups, effects, seconds, batch_rows, verdict
     return Check("window-group patching sweep", all(verdicts.values()), numbers, note)
 
 
+def attribution_check(spec, clean, altered) -> Check:
+    """5. Attribution patching of ``altered`` into ``clean`` at ``sweep_sites``, one group per vision window:
+    planned (``anatomy.causal.plan``; with the smallest budget that lets it run if the default refuses it), then
+    run as planned, its time and the peak of torch's allocations (the weights apart) beside the plan's. The
+    metric is the logit difference of two colour words: random weights' answers mean nothing, its mechanics do."""
+    contrast = Contrast([pair(spec, clean, QUESTION, corrupted_image=altered, max_pixels=None)])
+    metric, sites = logit_diff(spec, "red", "blue"), sweep_sites(spec)
+    planned = plan(spec, contrast, metric, sweep="attribution", sites=sites, cells="window")
+    if planned.refusal:
+        planned = plan(spec, contrast, metric, sweep="attribution", sites=sites, cells="window",
+                       budget_gib=planned.least_budget_gib)
+    start = synchronized_seconds(spec.device)
+    found, peak = measured_peak(planned.run, spec.device)
+    seconds = synchronized_seconds(spec.device) - start
+    effects = found.cells.effects[0]  # (sites, windows)
+    estimate = planned.peak_bytes - planned.memory["weights"]
+    site, group = divmod(int(np.nanargmax(np.abs(effects))), effects.shape[1])
+    numbers = {
+        "estimates": f"{len(sites)} sites x {effects.shape[1]} window groups = {effects.size}, "
+                     f"{found.cells.forward_passes} forward passes and 1 backward",
+        "measured": f"{seconds:.3g} s; peak {peak / 2**30:.3g} GiB beyond the weights",
+        "plan": f"{planned.seconds:.3g} s; peak {estimate / 2**30:.3g} GiB beyond the weights "
+                f"(budget_gib {planned.budget_gib:.3g})",
+        "largest effect (absolute)": f"{float(np.abs(effects[site, group])):.3f} ({sites[site]}, window group {group})",
+    }
+    verdicts = {"effects finite": bool(np.isfinite(effects).all()), "peak within the plan's": peak <= estimate}
+    note = "; ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in verdicts.items())
+    return Check("attribution patching", all(verdicts.values()), numbers, note)
+
+
 def peak_memory(spec) -> str:
     if spec.device.type != "cuda":
         return "n/a (CPU)"
@@ -333,8 +366,9 @@ def peak_memory(spec) -> str:
     return f"{torch.cuda.max_memory_allocated(spec.device) / 2**30:.1f} GiB (weights {weights / 2**30:.1f} GiB)"
 
 
-def checks(spec, prompt, corrupted, batch_rows: int):
-    """The five checks in order, each yielded as it ends."""
+def checks(spec, prompt, corrupted, batch_rows: int, images: tuple):
+    """The five checks in order, each yielded as it ends; ``images``: the clean and altered pictures of the
+    prompts, which attribution pairs itself."""
     plain = logits(spec, prompt)
     groups = window_groups(prompt["image_grid_thw"].cpu(), spec.config.vision_config)
     yield capture_check(spec, prompt, plain)
@@ -342,8 +376,7 @@ def checks(spec, prompt, corrupted, batch_rows: int):
     yield identity_check(spec, prompt, corrupted, plain, groups[0])
     del plain
     yield sweep_check(spec, prompt, corrupted, batch_rows)
-    yield Check("attribution patching", None, note="anatomy.causal has no attribution patching yet: nothing "
-                                                   "was run, timed or measured")
+    yield attribution_check(spec, *images)
 
 
 def header(spec, prompt, built: float) -> dict:
@@ -377,7 +410,7 @@ def run(model: str, device: str, dtype: torch.dtype, height: int, width: int, ba
     clean, altered = pictures(height, width)
     prompt, corrupted = (encode(spec, picture, QUESTION, max_pixels=None) for picture in (clean, altered))
     result = {"header": header(spec, prompt, built), "checks": [], "seconds": 0.0}
-    for check in checks(spec, prompt, corrupted, batch_rows):
+    for check in checks(spec, prompt, corrupted, batch_rows, (clean, altered)):
         result["checks"].append(asdict(check))
         result["seconds"] = time.perf_counter() - start
         print(f"[{result['seconds']:6.1f} s] {check.row()}", file=sys.stderr, flush=True)
