@@ -12,6 +12,8 @@ and picture (notebook 09 runs it on the toy, through ``anatomy.toy.experiments``
     sweeps         activation patching of any contrast over (site, cell group) and (site, position), batched
     attribution    attribution patching: every (site, group) and (site, position) from one gradient; ``compare``
     knockouts      ``knockout_sweep``: answer -> image attention blocked per (decoder layer, cell group), any contrast
+    probes         ``probe``: linear probes on the user's labelled prompts, pooled or per cell, against a control
+    lens           ``image_lens``: the logit lens on a picture's image tokens, with the user's own words
     heads          ``head_sweep``: one decoder head zeroed, mean- or patch-ablated at a time, any contrast
     agreement      the answer's attention per cell (the budgeted recorder) against the patching effect
     cost           what a sweep costs, from a config (the 7B on a GPU)
@@ -29,7 +31,9 @@ from anatomy.causal.groups import Groups, cell_groups
 from anatomy.causal.heads import Heads, head_sweep
 from anatomy.causal.interventions import intervene
 from anatomy.causal.knockouts import Knockouts, knockout_sweep
+from anatomy.causal.lens import Lens, image_lens
 from anatomy.causal.metrics import Metric, as_metric, log_prob, logit_diff, measure, probability
+from anatomy.causal.probes import Probes, probe
 from anatomy.causal.sweeps import CellEffects, PositionEffects, patching_sweep, position_sweep
 
 __all__ = [
@@ -44,9 +48,11 @@ __all__ = [
     "Knockout",
     "Knockouts",
     "Layout",
+    "Lens",
     "Metric",
     "Pair",
     "PositionEffects",
+    "Probes",
     "RankAgreement",
     "Recording",
     "agreement",
@@ -58,6 +64,7 @@ __all__ = [
     "cell_groups",
     "compare",
     "head_sweep",
+    "image_lens",
     "intervene",
     "knock_out",
     "knockout_sweep",
@@ -70,6 +77,7 @@ __all__ = [
     "patching_sweep",
     "position_sweep",
     "probability",
+    "probe",
     "record",
     "sweep_cost",
     "top_cells",

@@ -7,6 +7,7 @@ import torch
 
 from anatomy.causal import intervene, knock_out, patch, patching_sweep, record, zero
 from anatomy.kernels import fast_vision
+from anatomy.processor import token_texts
 from anatomy.toy import sample, untrained_toy
 from anatomy.toy.experiments import (
     contrasts,
@@ -19,7 +20,7 @@ from anatomy.toy.experiments import (
     positions,
     toy_batch,
 )
-from anatomy.toy.experiments.probes import cell_labels, ridge_accuracy
+from anatomy.toy.experiments.probes import cell_labels
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS
 
@@ -165,21 +166,6 @@ def test_head_ablation_equals_one_run_per_head(toy):
             assert result.accuracy[kind][layer, head] == hits[kinds == kind].mean()
 
 
-def test_ridge_probe_matches_numpy_least_squares():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, size=300)
-    x = 3 * rng.normal(size=(4, 12))[y] + rng.normal(size=(300, 12))  # 4 well separated clusters
-    assert ridge_accuracy(torch.tensor(x[:200]), y[:200], torch.tensor(x[200:]), y[200:], ridge=1e-6) > 0.9
-    noise = rng.integers(0, 4, size=300)
-    assert ridge_accuracy(torch.tensor(x[:200]), noise[:200], torch.tensor(x[200:]), noise[200:]) < 0.45
-    mean, std = x[:200].mean(0), x[:200].std(0) + 1e-6  # the same probe, fitted by numpy's lstsq
-    design = np.hstack([(x[:200] - mean) / std, np.ones((200, 1))])
-    weights = np.linalg.lstsq(design, np.eye(4)[y[:200]], rcond=None)[0]
-    by_numpy = (np.hstack([(x[200:] - mean) / std, np.ones((100, 1))]) @ weights).argmax(1)
-    ours = ridge_accuracy(torch.tensor(x[:200]), y[:200], torch.tensor(x[200:]), y[200:], ridge=1e-9)
-    assert ours == pytest.approx((by_numpy == y[200:]).mean())
-
-
 def test_cell_labels_are_a_direct_reading_of_the_scene():
     s = sample(0, "test", 4)
     labels = cell_labels([s])
@@ -197,5 +183,4 @@ def test_image_lens_reads_the_hidden_states_transformers_returns(toy):
         hidden = toy.model(**batch, output_hidden_states=True).hidden_states[1]  # after decoder layer 0
         image = batch["input_ids"] == toy.config.image_token_id
         logits = toy.model.lm_head(toy.model.model.language_model.norm(hidden[image]))  # (pictures * 16, vocab)
-    decode = toy.processor.tokenizer.decode
-    assert lens.top[0].reshape(-1).tolist() == [decode([int(i)]) for i in logits.argmax(-1)]
+    assert lens.top[0].reshape(-1).tolist() == token_texts(toy.processor.tokenizer, logits.argmax(-1))

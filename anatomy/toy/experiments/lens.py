@@ -1,8 +1,7 @@
-"""The logit lens on image tokens: what each cell's state would say, read through the final norm and lm_head.
+"""The logit lens on the toy's image tokens: does an object's cell say its colour?
 
-After each decoder layer, each image token's residual stream goes through the model's final
-RMSNorm and ``lm_head`` (``anatomy.decoder.logit_lens.lens_logits``). On an object's cell, is the object's
-colour word the likeliest of the six colour words? Chance is 1/6.
+The toy's adapter over ``anatomy.causal.lens``: each picture read through the lens with the six colour
+words; on an object's cell, is the object's colour word the likeliest of the six? Chance is 1/6.
 
 >>> lens = image_lens(spec, [sample(0, "test", i) for i in range(60)])
 >>> lens.colour_hits                  # (layers,) fraction of object cells whose top colour word is right
@@ -13,16 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
-from anatomy.decoder.logit_lens import lens_logits
+from anatomy.causal.lens import image_lens as read_lens
 from anatomy.lab.figures import drawable, label_fonts
-from anatomy.model import decoder_layers
 from anatomy.processor import one_line
-from anatomy.toy.encode import answer_tokens
-from anatomy.toy.experiments.contrasts import toy_batch
-from anatomy.toy.experiments.probes import cell_features
+from anatomy.toy.experiments.probes import toy_prompts
 from anatomy.toy.shapes import GRID
 from anatomy.toy.task import COLOURS, Sample
 
@@ -37,21 +32,14 @@ class ImageLens:
 
 
 def image_lens(spec, samples: list[Sample]) -> ImageLens:
-    """Read every image token after every decoder layer through the lens."""
-    sites = [f"decoder.layers.{i}.output" for i in range(len(decoder_layers(spec)))]
-    features = cell_features(spec, toy_batch(spec, samples), sites)
-    colour_ids = torch.tensor([answer_tokens(spec.processor)[c] for c in COLOURS])
-    decode = spec.processor.tokenizer.decode
-    tops, hits = [], []
-    for site in sites:
-        logits = lens_logits(spec, features[site].to(spec.model.device)).float().cpu()  # (pictures, 16, vocab)
-        ids = logits.argmax(-1)
-        tops.append(np.array([[decode([int(t)]) for t in row] for row in ids]))
-        best_colour = logits[..., colour_ids].argmax(-1)  # (pictures, 16): index into COLOURS
-        right = [best_colour[i, t.row * GRID + t.col] == list(COLOURS).index(t.colour)
-                 for i, s in enumerate(samples) for t in s.scene.things]
-        hits.append(float(np.mean(right)))
-    return ImageLens(np.stack(tops), np.array(hits), samples)
+    """Read every image token after every decoder layer through the lens, with the colour words."""
+    colours = list(COLOURS)
+    lenses = [read_lens(spec, prompt, colours) for prompt in toy_prompts(spec, samples)]
+    top = np.stack([lens.top.reshape(len(lens.sites), -1) for lens in lenses], 1)  # (layers, pictures, cells)
+    best = np.stack([lens.probability.argmax(-1).reshape(len(lens.sites), -1) for lens in lenses], 1)  # colour index
+    right = [best[:, i, t.row * GRID + t.col] == colours.index(t.colour)
+             for i, s in enumerate(samples) for t in s.scene.things]  # (objects,) of (layers,)
+    return ImageLens(top, np.mean(right, 0), samples)
 
 
 def lens_figure(lens: ImageLens, picture: int = 0) -> Figure:
