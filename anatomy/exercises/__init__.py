@@ -7,6 +7,8 @@ are in the teachers' guide, ``docs/teachers/``, never in the student notebooks.
 
 | notebook | exercises |
 |---|---|
+| 00 | ``bigger_picture``, ``picture_twice`` (the processor, question and picture), ``capped_screenshot`` (predict, then
+verify: token counts) |
 | 01 | ``attention_parameters`` |
 | 02 | ``chat_prompt`` |
 | 03 | ``smart_resize``, ``patchify``, ``memory_ratio`` (predict, then verify) |
@@ -14,10 +16,11 @@ are in the teachers' guide, ``docs/teachers/``, never in the student notebooks.
 | 05 | ``merge`` |
 | 06 | ``mrope_ids`` (needs ``specimen=``), ``video_time_step`` and ``second_picture_ids`` (predict, then verify) |
 | 07 | ``attention_probs``, ``busiest_head`` (predict, then verify) |
-| 08 | ``per_area`` |
+| 08 | ``per_area``; ``seed_passes`` (predict, then verify: ``toy_seed=`` and ``steps=``; retrains a toy) |
 | 09 | ``patch_by_hand`` (needs the toy as ``specimen=``); ``zeroed_where``, ``blocked_colour``, ``patched_answer`` (predict, then verify; the toy as ``specimen=``, the question as ``asked=``) |
 | 10 | ``lens_top`` (needs ``specimen=``) |
-| 11 | ``erased_stops``, ``moved_together``, ``circle_last_site`` (predict, then verify; the toy and the notebook's edits) |
+| 11 | ``attribution_by_hand`` (needs the toy as ``specimen=``); ``erased_stops``, ``moved_together``,
+``circle_last_site`` (predict, then verify; the toy and the notebook's edits) |
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from anatomy.lab.exercises import Exercise, Verdict
 
 _MODULES = (overview, vision, decoder, toy)
 CAUSAL = ("patch_by_hand", "zeroed_where", "blocked_colour", "patched_answer",  # notebook 09's
-          "erased_stops", "moved_together", "circle_last_site")  # 11's: all of them run the toy
+          "attribution_by_hand", "erased_stops", "moved_together", "circle_last_site")  # 11's: all of them run the toy
 EXERCISES: dict[str, Exercise] = {
     value.name: value for module in _MODULES for value in vars(module).values() if isinstance(value, Exercise)
 }

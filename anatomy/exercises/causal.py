@@ -1,18 +1,33 @@
 """Exercises of notebooks 09 and 11: activation patching written with plain forward hooks, checked against
-``anatomy.causal``'s ``patch`` through ``intervene`` on the toy; and experiments to run (predict, then verify),
-each checked against the same experiment run by the package on the objects the notebook names."""
+``anatomy.causal``'s ``patch`` through ``intervene`` on the toy; attribution patching by hand for one decoder site,
+checked against ``anatomy.causal.attribution``; and experiments to run (predict, then verify), each checked against
+the same experiment run by the package on the objects the notebook names."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from anatomy.causal import answer_logits, intervene, knock_out, patch, record, zero
-from anatomy.lab.exercises import Case, Exercise
-from anatomy.toy.experiments import counterfactual, toy_batch
+from anatomy.causal import (
+    Contrast,
+    answer_logits,
+    attribution,
+    intervene,
+    knock_out,
+    logit_diff,
+    pair,
+    patch,
+    record,
+    zero,
+)
+from anatomy.lab.exercises import Case, Exercise, same_tensor
+from anatomy.toy.edit import free_colours, recolour
 from anatomy.toy.encode import encode
+from anatomy.toy.example import running_example
+from anatomy.toy.experiments import counterfactual, toy_batch
 from anatomy.toy.task import sample
 
 
@@ -61,6 +76,114 @@ PATCH_BY_HAND = Exercise(
     "a function patch_by_hand(specimen, batch, source, layer, position) -> (1, vocab) logits at the last position",
     _patch_cases,
     diagnose=_patch_mistakes,
+    needs=("specimen",),
+)
+
+
+def colour_edits(rng: random.Random, count: int) -> list[tuple]:
+    """``count`` held-out colour questions, each with its object recoloured to a colour no other object has:
+    ``(sample, cell, colour)``, the running example's cross first."""
+    example = running_example()
+    chosen = [example.sample]
+    while len(chosen) < count:
+        asked = sample(0, "test", 3 * rng.randrange(100))  # index % 3 == 0: a colour question
+        if all(asked.scene != c.scene for c in chosen):
+            chosen.append(asked)
+    edits = []
+    for asked in chosen:
+        thing = asked.scene.things[asked.target[0]]
+        cell = (thing.row, thing.col)
+        edits.append((asked, cell, rng.choice([c for c in free_colours(asked.scene, cell) if c != asked.answer])))
+    return edits
+
+
+def _layer_input(specimen, inputs, metric, layer: int) -> tuple[torch.Tensor, ...]:
+    """One run: the metric (a 0-d tensor), decoder layer ``layer``'s input (1, S, D), and the metric's gradient there
+    (1, S, D), through a zero probe added to the input."""
+    kept = {}
+
+    def hook(module, args):
+        kept["activation"], kept["probe"] = args[0].detach(), torch.zeros_like(args[0], requires_grad=True)
+        return (args[0] + kept["probe"], *args[1:])
+
+    handle = specimen.model.model.language_model.layers[layer].register_forward_pre_hook(hook)
+    try:
+        with torch.enable_grad():
+            value = metric(specimen.model(**inputs).logits)[0]
+            grad = torch.autograd.grad(value, kept["probe"])[0]
+    finally:
+        handle.remove()
+    return value.detach(), kept["activation"], grad
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """The package's estimate ``(rows, cols)``, and the typical wrong answers computed from the two runs."""
+
+    effect: torch.Tensor
+    mistakes: tuple[tuple[torch.Tensor, str], ...]
+
+
+DIFFERENCE = "multiply it by the difference of the two runs' activations (clean - corrupted)"
+WRONG_SIGN = ("the sign flipped: patching puts the clean activation into the corrupted run, so the difference is "
+              "clean - corrupted, and the scale metric(clean) - metric(corrupted)")
+CLEAN_GRADIENT = ("the gradient taken on the clean run: take it on the corrupted run, the one the clean activation is "
+                  "patched into")
+NOT_NORMALISED = ("an estimate not normalised: divide by metric(clean) - metric(corrupted), so that 1 means the clean "
+                  "answer fully back")
+
+
+def _attribution_cases(rng: random.Random, specimen) -> list[Case]:
+    cases = []
+    for (asked, cell, colour), layer in zip(colour_edits(rng, 3), (rng.randrange(2), 0, 1)):
+        one = pair(specimen, asked.scene.pixels(), asked.question, system=None,
+                   corrupted_image=recolour(asked.scene, cell, colour).pixels())
+        metric = logit_diff(specimen, asked.answer, colour)
+        site = f"decoder.layers.{layer}.input"
+        effect = attribution(specimen, Contrast([one]), metric, sites=[site]).cells.effects[0, 0]
+        expected = Attributed(torch.from_numpy(effect).view(one.grid), _wrong_ones(specimen, one, metric, layer))
+        cases.append(Case(f"{asked.question!r} with the {asked.answer} object {colour}, layer {layer}",
+                          (specimen, one, metric, layer), expected))
+    return cases
+
+
+def _wrong_ones(specimen, one, metric, layer: int) -> tuple[tuple[torch.Tensor, str], ...]:
+    """Typical mistakes, each with its hint: computed with plain hooks, apart from ``attribution``."""
+    clean_value, clean, clean_grad = _layer_input(specimen, one.clean, metric, layer)
+    value, corrupted, grad = _layer_input(specimen, one.corrupted, metric, layer)
+    image = one.corrupted["input_ids"][0] == specimen.config.image_token_id  # (S,) raster order over the cells
+
+    def per_cell(change: torch.Tensor, scale=clean_value - value) -> torch.Tensor:
+        return (change.sum(-1)[0, image] / scale).view(one.grid).double()  # (rows, cols)
+
+    right = per_cell((clean - corrupted) * grad)
+    return (
+        (-right, WRONG_SIGN),
+        (per_cell(corrupted * grad), f"the gradient times the corrupted activation alone: {DIFFERENCE}"),
+        (per_cell(clean * grad), f"the gradient times the clean activation alone: {DIFFERENCE}"),
+        (per_cell((clean - corrupted) * clean_grad), CLEAN_GRADIENT),
+        (per_cell((clean - corrupted) * grad, 1.0), NOT_NORMALISED),
+        (right.T, "the cells column by column: image tokens run row by row (raster order)"),
+    )
+
+
+def _attribution_compare(got, expected: Attributed) -> str | None:
+    """None when right; else the hint of the first typical mistake ``got`` matches, else what differs."""
+    hint = same_tensor(got, expected.effect)
+    if hint is None or not isinstance(got, torch.Tensor) or got.shape != expected.effect.shape:
+        return hint
+    for wrong, words in expected.mistakes:
+        if same_tensor(got, wrong) is None and same_tensor(wrong, expected.effect) is not None:
+            return "{yours} " + words
+    return hint
+
+
+ATTRIBUTION_BY_HAND = Exercise(
+    "attribution_by_hand",
+    "a function attribution_by_hand(specimen, one, metric, layer) -> (rows, cols) tensor",
+    _attribution_cases,
+    compare=_attribution_compare,
+    diagnose=_patch_mistakes,  # a hook left behind
     needs=("specimen",),
 )
 
