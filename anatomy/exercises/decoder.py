@@ -36,7 +36,7 @@ def _prompt(specimen, sizes: list[tuple[int, int]], rng: random.Random):
 
 
 def _mrope_cases(rng: random.Random, specimen) -> list[Case]:
-    side = lambda: FACTOR * rng.randint(2, 5)  # noqa: E731 - a size in pixels, a multiple of 28
+    side = lambda: FACTOR * rng.randint(2, 5)  # a size in pixels, a multiple of 28
     cases = []
     for sizes in ([(56, 84), (112, 56)], [(side(), side()), (side(), side())], [(side(), side())], []):
         prompt = _prompt(specimen, sizes, rng)

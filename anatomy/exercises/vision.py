@@ -33,7 +33,7 @@ def _resize_cases(rng: random.Random) -> list[Case]:
 def _resize_mistakes(got, case: Case) -> str | None:
     if not isinstance(got, (tuple, list)) or len(got) != 2 or tuple(got) == tuple(case.expected):
         return None
-    height, width, min_pixels, max_pixels = case.args
+    _height, _width, min_pixels, max_pixels = case.args
     if tuple(got) == tuple(case.expected)[::-1]:
         return "{yours} " + f"{tuple(got)}: height and width are swapped (return (height, width))"
     if any(not isinstance(side, int) or side % FACTOR for side in got):
@@ -121,7 +121,7 @@ def _rotary_cases(rng: random.Random) -> list[Case]:
 
 
 def _rotary_mistakes(got, case: Case) -> str | None:
-    ids, head_dim, theta = case.args
+    _ids, head_dim, _theta = case.args
     if not isinstance(got, torch.Tensor) or got.shape != case.expected.shape:
         return None
     quarter = head_dim // 4
