@@ -19,6 +19,7 @@ import pytest
 import anatomy
 from anatomy.causal import Contrast, pair
 from anatomy.causal.plan import QUESTION, countable, duration, plan, size_text
+from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB
 from anatomy.dissect import job_bytes
 from anatomy.inputs import DEFAULT_MAX_PIXELS, REFERENCE_QUESTION, demo_image, encode, fit_pixels
 from anatomy.model import PUBLISHED_SIZES, block_kinds, unwrap
@@ -69,6 +70,7 @@ def rows(size: str) -> list[str]:
     cpu = (f"| {size} | {size_text(4 * count)} | {' + '.join(size_text(b) for b in held.values())} | "
            f"{size_text(4 * count + sum(held.values()))} |")  # fmt: skip
     whole, budget = within_budget(spec, contrast(spec, None), "patching")
+    budget = f"{DEFAULT_BUDGET_GIB:g} (the default)" if budget is None else budget
     uncapped = f"| {size} | {budget} | {size_text(whole.peak_bytes)} | {duration(whole.seconds)} |"
     notebooks = f"| {size} | {size_text(2 * count)} | {size_text(4 * count)} | {size_text(4 * count)} |"
     return [gpu, cpu, uncapped, notebooks]

@@ -9,9 +9,10 @@ normalised like exact patching (``anatomy.causal.sweeps``, same directions). Two
 and one backward give it for every site, group and position at once: the source prompt with its
 activations captured; the target prompt with a zero probe added at each site (``a + p``, p = 0
 requiring gradients, so the values stay the model's own); one backward from the metric to the
-probes. Pairs run together as ``budget_gib`` allows (``pairs_per_pass``); a job over budget with
-one pair is refused before the model runs. The estimate is exact where the metric is linear in
-the activation, and drifts where attention patterns, norms or a saturated softmax bend it;
+probes. Pairs run together, as many as fit ``budget_gib`` by the plan's count of the forward graph
+(``anatomy.causal.calls.attribution_calls``); a job over budget with one pair is refused before the
+model runs. The estimate is exact where the metric is linear in the activation, and drifts where
+attention patterns, norms or a saturated softmax bend it;
 ``compare`` measures the drift against exact patching per site: rank correlation (Spearman) and
 top-k overlap. The workflow:
 
@@ -29,10 +30,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.cache import to_raster
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site
 from anatomy.causal.batches import image_tokens, with_image_tokens
+from anatomy.causal.calls import attribution_calls
 from anatomy.causal.groups import Groups, cell_groups, draw
 from anatomy.causal.sweeps import (
     DEFAULT_BUDGET_GIB,
@@ -45,9 +46,8 @@ from anatomy.causal.sweeps import (
     plan,
     processed_pictures,
     short_site,
-    site_bytes,
 )
-from anatomy.model import text_config, unwrap
+from anatomy.model import unwrap
 
 QUIET = 1e-4  # a site where no exact patch shifts the effect by this much moves nothing: no ranking to agree with
 
@@ -99,35 +99,6 @@ def probes(model, sites: list[Site]):
             handle.remove()
 
 
-def graph_bytes(config, tokens: int, patches: int, keep: int, vision: bool, itemsize: int) -> int:
-    """Rough bytes one prompt's forward pass keeps for its backward: per decoder layer and token 10 hidden-state
-    widths, 4 MLP intermediate ones and the attention row; the vision tower's likewise when probed; the logits."""
-    t, v = text_config(config), config.vision_config
-    decoder = t.num_hidden_layers * tokens * (10 * t.hidden_size + 4 * t.intermediate_size + t.num_attention_heads
-                                              * tokens)  # fmt: skip
-    tower = v.depth * patches * (10 * v.hidden_size + 4 * v.intermediate_size + v.num_heads * patches) if vision else 0
-    return (decoder + tower) * itemsize + 3 * keep * t.vocab_size * 4
-
-
-def pairs_per_pass(job: Job, budget_gib: float) -> int:
-    """Pairs run together within ``budget_gib``; refuses (MemoryError) a job over budget with one pair."""
-    check_gib(budget_gib)
-    config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
-    vision = any(site.order != NONE for site in job.sites)
-    sizes = []
-    for rows in job.contrast.groups:
-        first = job.pairs[rows[0]]
-        keep = job.metric.span(rows, len(rows))
-        length = max(first.clean["input_ids"].shape[1], first.corrupted["input_ids"].shape[1]) + keep - 1
-        patches = int(first.clean.grid_thw[0].prod())
-        parts = {"forward graph": graph_bytes(config, length, patches, keep, vision, itemsize),
-                 "recorded, probed activations and gradients": 3 * sum(site_bytes(config, s, length, patches, itemsize)
-                                                                       for s in job.sites)}  # fmt: skip
-        check_job_budget(parts, budget_gib, "attribute fewer sites, or pass a larger budget_gib")
-        sizes.append(int(budget_gib * 2**30 // sum(parts.values())))
-    return min(sizes)
-
-
 def attribution(spec, contrast, metric, sites=None, cells="cell", direction: str = "clean->corrupted",
                 budget_gib: float = DEFAULT_BUDGET_GIB) -> Attribution:  # fmt: skip
     """Estimate every (site, cell group) and (decoder site, position) of ``patching_sweep`` and ``position_sweep``
@@ -135,7 +106,7 @@ def attribution(spec, contrast, metric, sites=None, cells="cell", direction: str
     start = time.perf_counter()
     job = plan(spec, contrast, metric, sites, direction)
     groups = cell_groups(spec, job.pairs[0].grid, cells)
-    size = pairs_per_pass(job, budget_gib)
+    size = attribution_calls(job, len(groups)).batch_size(budget_gib)
     cell_delta = np.zeros((len(job.pairs), len(job.sites), np.prod(job.pairs[0].grid)))
     length = max(getattr(p, job.target)["input_ids"].shape[1] for p in job.pairs)
     position_delta = np.full((len(job.pairs), len(job.sites), length), np.nan)

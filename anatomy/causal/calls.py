@@ -1,37 +1,47 @@
-"""The model calls each sweep makes, and what it holds in memory: what ``anatomy.causal.plan`` adds up.
+"""The model calls each sweep makes and what it holds: one cost model for the sweeps' batch sizes and for ``plan``.
 
-Each estimate walks the sweep's own loop without running it: per layout of pairs (``Contrast.groups``)
-the unedited runs, then the edited copies, as many per call as the sweep's own batch size allows.
-``ESTIMATES[sweep](arguments)`` returns ``(passes, memory, batch size, edited copies, refusal, least budget)``:
-``passes`` counts each kind of call (``Pass``), ``memory`` the parts of the layout whose peak is largest,
-``refusal`` the message the sweep would raise for a job over budget (then it is planned at one copy per pass),
-and the least ``budget_gib`` the sweep's own check accepts.
+Each ``*_calls`` function walks a sweep's own loop without running it: per layout of pairs
+(``Contrast.groups``) the unedited runs, then the edited copies, ``size`` per call. It returns ``Calls``,
+which gives for any batch size ``size`` each kind of call and how many (``passes``, ``Pass``) and the parts
+held at the peak of the layout whose parts add up to most (``memory``, bytes, the weights apart): the fixed
+parts (pixels, recorded activations, image tokens) and the largest call with what each of its copies adds,
+each call bounded by ``anatomy.causal.cost.pass_bytes`` (without gradients) or ``graph_bytes`` (attribution's
+probed run).
 
-Batch sizes and refusals are the sweeps' own (their budget checks, called as they are). ``memory`` is
-counted apart, tighter: what the run holds at once, the fixed parts (recorded activations, image tokens)
-and the largest call with what each of its copies adds, each call bounded by
-``anatomy.causal.cost.pass_bytes`` (without gradients) or ``graph_bytes`` (attribution's probed run).
-The sweeps' budget checks count more (attention scores that sdpa never holds, the tower and the decoder
-together), so a job within ``budget_gib`` by their count holds less than that.
+The sweep and its plan size their batches by that one count:
+
+>>> calls = patching_calls(job, groups=16)
+>>> calls.batch_size(budget_gib=4.0)    # the most copies per pass whose peak fits 4 GiB, the weights apart
+>>> calls.least_gib                     # the least budget_gib that runs the job (one copy per pass)
+
+A job whose peak with one copy per pass is over budget is refused (``MemoryError``) before the model runs,
+naming the budget, the parts and the least budget that runs it. ``job`` is a checked ``anatomy.causal.sweeps.Job``
+(its pairs, metric, sites and sides), taken as it is: the sweeps import this module.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
+from anatomy.capture.budget import check_gib
 from anatomy.capture.sites import MERGED_WINDOW, NONE, Site
-from anatomy.causal.attribution import pairs_per_pass
-from anatomy.causal.cost import FLOAT32, PIXEL_VALUES, decoder_flops, graph_bytes, kernel, pass_bytes, vision_flops
-from anatomy.causal.groups import cell_groups
-from anatomy.causal.heads import head_size
-from anatomy.causal.knockouts import knockout_groups, knockout_size, layer_job
-from anatomy.causal.sweeps import Job, batch_size, source_positions
-from anatomy.causal.sweeps import plan as check_job
+from anatomy.causal.cost import (
+    FLOAT32,
+    PIXEL_VALUES,
+    decoder_flops,
+    graph_bytes,
+    kernel,
+    pass_bytes,
+    size_text,
+    vision_flops,
+)
 from anatomy.model import text_config, unwrap
 
 STREAM = re.compile(r"(Layer|Block|Attention|MLP|Norm|Merger|Embed)")  # modules whose output is the stream's width
@@ -63,42 +73,78 @@ class Pass:
         return sum(self.parts(config))
 
 
-def _chunks(count: int, size: int) -> list[int]:
-    """The rows of each pass when ``count`` copies run ``size`` at a time: ``_chunks(5, 2) == [2, 2, 1]``."""
-    return [min(size, count - first) for first in range(0, count, size)]
+def least_budget(held: int) -> float:
+    """The least ``budget_gib`` that holds ``held`` bytes, rounded up to 4 significant digits, as messages print it:
+    ``least_budget(2**30 + 1) == 1.001``, ``least_budget(5 * 2**20) == 0.004883``."""
+    gib = held / 2**30
+    step = 10.0 ** (math.floor(math.log10(gib)) - 3)
+    rounded = float(f"{math.ceil(gib / step) * step:.4g}")
+    while rounded * 2**30 < held:  # float rounding: one more step
+        rounded = float(f"{rounded + step:.4g}")
+    return rounded
 
 
-def _layout(job: Job, rows: list[int]) -> dict:
+@dataclass
+class Calls:
+    """A sweep's calls and memory at any batch size. ``passes(size)``: each kind of call and how many; ``memory(size)``:
+    the parts held at the peak (bytes, the weights apart); ``copies``: the edited copies (attribution: its (site,
+    group) estimates); ``most``: the batch size past which nothing changes (a layout's copies of one site or layer;
+    attribution: a layout's pairs); ``advice``: what to change when refused."""
+
+    passes: Callable[[int], Counter]
+    memory: Callable[[int], dict[str, int]]
+    copies: int
+    most: int
+    advice: str
+
+    def peak(self, size: int) -> int:
+        """Bytes held at the peak with ``size`` copies per pass, the weights apart."""
+        return sum(self.memory(size).values())
+
+    @property
+    def least_gib(self) -> float:
+        """The least ``budget_gib`` that runs the job (one copy per pass), as ``least_budget`` rounds it."""
+        return least_budget(self.peak(1))
+
+    def refusal(self, budget_gib: float) -> str | None:
+        """None when one copy per pass fits ``budget_gib``; else the message the sweep raises."""
+        check_gib(budget_gib)
+        if self.peak(1) <= budget_gib * 2**30:
+            return None
+        parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory(1).items())
+        held = size_text(self.peak(1))
+        return (f"this job would hold about {held} with one copy per pass ({parts}), above budget_gib={budget_gib:g}; "
+                f"the least that runs it is budget_gib={self.least_gib:g}; {self.advice}")  # fmt: skip
+
+    def batch_size(self, budget_gib: float) -> int:
+        """The most copies per pass (at most ``most``) whose peak fits ``budget_gib`` GiB, the weights apart; a job
+        that one copy per pass does not fit is refused (``MemoryError``)."""
+        refusal = self.refusal(budget_gib)
+        if refusal:
+            raise MemoryError(refusal)
+        low, high = 1, max(self.most, 1)  # the peak grows with the size: the last size that fits, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if self.peak(middle) <= budget_gib * 2**30 else (low, middle - 1)
+        return low
+
+
+def _count(passes: Counter, copies: int, size: int, times: int = 1, **kind) -> None:
+    """Add the calls of ``copies`` copies run ``size`` at a time (``times`` over), each a ``Pass(rows, **kind)``:
+    the full calls, then the rest."""
+    if copies // size:
+        passes[Pass(size, **kind)] += times * (copies // size)
+    if copies % size:
+        passes[Pass(copies % size, **kind)] += times
+
+
+def _layout(job, rows: list[int]) -> dict:
     """Token counts of both sides (answers appended), patches, grid and kept positions of pairs ``rows``."""
     keep = job.metric.span(rows, len(rows))
     first = job.pairs[rows[0]]
     _, height, width = first.clean.grid_thw[0].tolist()
     tokens = {side: getattr(first, side)["input_ids"].shape[1] + keep - 1 for side in ("clean", "corrupted")}
     return {"tokens": tokens, "patches": height * width, "grid": (height, width), "keep": keep}
-
-
-def _refused(check, *args) -> tuple[int, str | None, float]:
-    """``check(*args)`` (copies per pass; its last argument the budget in GiB), or 1 and the refusal's message when
-    the job is over budget; and the least budget it accepts, to 1 MiB (found by halving)."""
-    *rest, budget = args
-
-    def accepts(gib: float) -> bool:
-        try:
-            check(*rest, gib)
-            return True
-        except MemoryError:
-            return False
-
-    low, high = 0.0, budget
-    while not accepts(high):
-        low, high = high, 2 * high
-    while high - low > 2**-10:
-        middle = (low + high) / 2
-        low, high = (low, middle) if accepts(middle) else (middle, high)
-    try:
-        return check(*args), None, high
-    except MemoryError as error:
-        return 1, str(error), high
 
 
 def site_bytes(spec, site: Site, tokens: int, patches: int) -> int:
@@ -112,7 +158,7 @@ def site_bytes(spec, site: Site, tokens: int, patches: int) -> int:
         return patches // v.spatial_merge_size**2 * v.out_hidden_size * itemsize
     decoder = site.order == NONE
     rows, width, inner = (tokens, t.hidden_size, t.intermediate_size) if decoder else (patches, v.hidden_size,
-                                                                                       v.intermediate_size)
+                                                                                       v.intermediate_size)  # fmt: skip
     if isinstance(module, nn.Linear):
         width = module.in_features if site.hook == "input" else module.out_features
     elif not isinstance(module, (nn.Embedding, nn.Conv3d)) and not STREAM.search(type(module).__name__):
@@ -120,16 +166,16 @@ def site_bytes(spec, site: Site, tokens: int, patches: int) -> int:
     return rows * width * itemsize
 
 
-def _call(job: Job, p: Pass, masked: bool = False) -> int:
+def _call(job, p: Pass, masked: bool = False) -> int:
     """Peak bytes of the no-grad call ``p`` (``anatomy.causal.cost.pass_bytes``)."""
     return pass_bytes(job.spec.config, p.rows, p.tokens, p.patches, p.grid, p.keep, p.vision, p.decoder,
                       unwrap(job.spec).dtype.itemsize, masked)  # fmt: skip
 
 
-def _image_tokens(job: Job, rows: list[int], shape: dict) -> int:
-    """Bytes of the pictures' image tokens of pairs ``rows``, computed once for the decoder-only copies."""
+def _image_tokens(job, rows: int, shape: dict) -> int:
+    """Bytes of the pictures' image tokens of ``rows`` pairs, computed once for the decoder-only copies."""
     cells = shape["patches"] // job.spec.config.vision_config.spatial_merge_size**2
-    return len(rows) * cells * text_config(job.spec.config).hidden_size * unwrap(job.spec).dtype.itemsize
+    return rows * cells * text_config(job.spec.config).hidden_size * unwrap(job.spec).dtype.itemsize
 
 
 def _pixels(rows: int, shape: dict) -> int:
@@ -137,133 +183,164 @@ def _pixels(rows: int, shape: dict) -> int:
     return 2 * rows * shape["patches"] * PIXEL_VALUES * FLOAT32
 
 
-def _peak(*candidates: Counter) -> dict[str, int]:
+def _peak(candidates: list[Counter]) -> dict[str, int]:
     """The layout whose parts add up to most."""
     return dict(max(candidates, key=lambda parts: parts.total()))
 
 
-def _patching(arguments: dict) -> tuple:
-    """``patching_sweep``'s and ``position_sweep``'s calls, per layout: the source run, the target's image tokens,
-    the unpatched target, then each site's copies, ``batch_size`` at a time. Held: the recorded activations (moved
-    to the target's positions: a second copy while moving), the image tokens, and the largest call, a copy's
-    recorded value and its edited activation with it."""
-    positions = "cells" not in arguments
-    job = check_job(arguments["spec"], arguments["contrast"], arguments["metric"], arguments["sites"],
-                    arguments["direction"], vision=not positions)  # fmt: skip
-    size, refusal, least = _refused(batch_size, job, arguments["budget_gib"])
+def _unedited(rows: int, first: int, then: int, common: dict) -> list[Pass]:
+    """A layout's unedited calls: a full run of ``first`` tokens, the image tokens of the other side's pictures,
+    and that side's decoder-only run of ``then`` tokens."""
+    return [Pass(rows, first, vision=True, **common), Pass(rows, 0, vision=True, decoder=False, **common),
+            Pass(rows, then, vision=False, **common)]  # fmt: skip
+
+
+def patching_calls(job, groups: int | None) -> Calls:
+    """``patching_sweep``'s calls (``groups`` cell groups), or ``position_sweep``'s (``groups`` None: one copy per
+    position with a counterpart), per layout: the source run, the target's image tokens, the unpatched target, then
+    each site's copies, ``size`` at a time. Held: the recorded activations (moved to the target's positions: a
+    second copy while moving), the image tokens, and the largest call, a copy's recorded value and its edited
+    activation with it."""
     call = functools.lru_cache(maxsize=None)(functools.partial(_call, job))  # thousands of copies, a few kinds
-    groups = 1 if positions else len(cell_groups(job.spec, job.pairs[0].grid, arguments["cells"]))
-    passes, peaks, total = Counter(), [], 0
+    layouts = []
     for rows in job.contrast.groups:
         shape = _layout(job, rows)
         common = {"patches": shape["patches"], "grid": shape["grid"], "keep": shape["keep"]}
-        unedited = [Pass(len(rows), shape["tokens"][job.source], vision=True, **common),
-                    Pass(len(rows), 0, vision=True, decoder=False, **common),
-                    Pass(len(rows), shape["tokens"][job.target], vision=False, **common)]  # fmt: skip
-        passes.update(unedited)
-        copies = (sum(int((source_positions(job.pairs[r], job.target) >= 0).sum()) for r in rows) if positions
-                  else len(rows) * groups)  # fmt: skip
-        recorded = len(rows) * sum(site_bytes(job.spec, s, shape["tokens"][job.source], shape["patches"])
-                                   for s in job.sites)  # fmt: skip
-        largest = max([recorded] + [call(p) for p in unedited])
+        source, target = shape["tokens"][job.source], shape["tokens"][job.target]
+        length = getattr(job.pairs[rows[0]], job.target)["input_ids"].shape[1]
+        copies = int((job.moved(rows, length) >= 0).sum()) if groups is None else len(rows) * groups
+        ones = Counter()  # per tower, the largest activation of one prompt at a patched site
         for site in job.sites:
-            one = site_bytes(job.spec, site, shape["tokens"][job.target], shape["patches"])
-            for chunk in _chunks(copies, size):
-                copy = Pass(chunk, shape["tokens"][job.target], vision=site.order != NONE, **common)
-                passes[copy] += 1
-                largest = max(largest, call(copy) + 2 * chunk * one)
-        peaks.append(Counter({"pixels": _pixels(len(rows), shape), "recorded activations": recorded,
-                              "image tokens": _image_tokens(job, rows, shape), "largest pass": largest}))  # fmt: skip
-        total += copies * len(job.sites)
-    return passes, _peak(*peaks), size, total, refusal, least
+            vision = site.order != NONE
+            ones[vision] = max(ones[vision], site_bytes(job.spec, site, target, shape["patches"]))
+        recorded = len(rows) * sum(site_bytes(job.spec, s, source, shape["patches"]) for s in job.sites)
+        kinds = Counter(site.order != NONE for site in job.sites)  # sites per tower
+        layouts.append((rows, shape, common, target, copies, ones, kinds, recorded,
+                        _unedited(len(rows), source, target, common)))  # fmt: skip
+
+    def passes(size: int) -> Counter:
+        counted = Counter()
+        for _, _, common, target, copies, _, kinds, _, unedited in layouts:
+            counted.update(unedited)
+            for vision, sites in kinds.items():
+                _count(counted, copies, size, sites, tokens=target, vision=vision, **common)
+        return counted
+
+    def memory(size: int) -> dict[str, int]:
+        peaks = []
+        for rows, shape, common, target, copies, ones, _, recorded, unedited in layouts:
+            largest, chunk = max([recorded] + [call(p) for p in unedited]), min(size, copies)
+            for vision, one in ones.items() if chunk else ():
+                largest = max(largest, call(Pass(chunk, target, vision=vision, **common)) + 2 * chunk * one)
+            images = _image_tokens(job, len(rows), shape)
+            peaks.append(Counter({"pixels": _pixels(len(rows), shape), "recorded activations": recorded,
+                                  "image tokens": images, "largest pass": largest}))  # fmt: skip
+        return _peak(peaks)
+
+    total = sum(layout[4] for layout in layouts) * len(job.sites)
+    advice = ("patch fewer sites, or cut the contrast into smaller batches (Contrast(pairs, batch_size=...)), or pass "
+              "a larger budget_gib")  # fmt: skip
+    return Calls(passes, memory, total, max(layout[4] for layout in layouts), advice)
 
 
-def _attribution(arguments: dict) -> tuple:
-    """``attribution``'s calls, per batch of pairs: the source run, (decoder sites only) the target's image tokens,
-    the probed target run and its backward. Held: the recorded activations, and the largest call: the probed run
-    is its graph (``anatomy.causal.cost.graph_bytes``), the probes, their gradients and one site's float32
-    first-order change."""
-    job = check_job(arguments["spec"], arguments["contrast"], arguments["metric"], arguments["sites"],
-                    arguments["direction"])  # fmt: skip
-    size, refusal, least = _refused(pairs_per_pass, job, arguments["budget_gib"])
+def attribution_calls(job, groups: int) -> Calls:
+    """``attribution``'s calls over ``groups`` cell groups, per batch of ``size`` pairs: the source run, (decoder
+    sites only) the target's image tokens, the probed target run and its backward. Held: the recorded activations,
+    and the largest call: the probed run is its graph (``anatomy.causal.cost.graph_bytes``), the probes, their
+    gradients and one site's float32 first-order change."""
     vision = any(site.order != NONE for site in job.sites)
     config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
-    passes, peaks = Counter(), []
-    for layout in job.contrast.groups:
-        shape = _layout(job, layout)
-        common = {"patches": shape["patches"], "grid": shape["grid"], "keep": shape["keep"]}
-        for rows in _chunks(len(layout), size):
-            passes[Pass(rows, shape["tokens"][job.source], vision=True, **common)] += 1
+    layouts = [(len(rows), _layout(job, rows)) for rows in job.contrast.groups]
+
+    def passes(size: int) -> Counter:
+        counted = Counter()
+        for count, shape in layouts:
+            common = {"patches": shape["patches"], "grid": shape["grid"], "keep": shape["keep"]}
+            source, target = shape["tokens"][job.source], shape["tokens"][job.target]
+            _count(counted, count, size, tokens=source, vision=True, **common)
             if not vision:
-                passes[Pass(rows, 0, vision=True, decoder=False, **common)] += 1
-            passes[Pass(rows, shape["tokens"][job.target], vision=vision, backward=True, **common)] += 1
-        pairs, target = min(size, len(layout)), shape["tokens"][job.target]
-        recorded = pairs * sum(site_bytes(job.spec, s, shape["tokens"][job.source], shape["patches"])
-                               for s in job.sites)  # fmt: skip
-        probes = [site_bytes(job.spec, s, target, shape["patches"]) for s in job.sites]
-        graph = pairs * (graph_bytes(config, target, shape["patches"], shape["grid"], shape["keep"], vision, itemsize)
-                         + 2 * sum(probes) + 3 * max(probes) * FLOAT32 // itemsize)  # fmt: skip
-        unprobed = [Pass(pairs, shape["tokens"][job.source], vision=True, **common)]
-        unprobed += [] if vision else [Pass(pairs, 0, vision=True, decoder=False, **common)]
-        peaks.append(Counter({"pixels": _pixels(pairs, shape), "recorded activations": recorded,
-                              "largest pass": max([graph] + [_call(job, p) for p in unprobed])}))  # fmt: skip
-    cells = len(cell_groups(job.spec, job.pairs[0].grid, arguments["cells"]))
-    return passes, _peak(*peaks), size, len(job.pairs) * len(job.sites) * cells, refusal, least
+                _count(counted, count, size, tokens=0, vision=True, decoder=False, **common)
+            _count(counted, count, size, tokens=target, vision=vision, backward=True, **common)
+        return counted
+
+    def memory(size: int) -> dict[str, int]:
+        peaks = []
+        for count, shape in layouts:
+            common = {"patches": shape["patches"], "grid": shape["grid"], "keep": shape["keep"]}
+            pairs, source, target = min(size, count), shape["tokens"][job.source], shape["tokens"][job.target]
+            recorded = pairs * sum(site_bytes(job.spec, s, source, shape["patches"]) for s in job.sites)
+            probes = [site_bytes(job.spec, s, target, shape["patches"]) for s in job.sites]
+            forward = graph_bytes(config, target, shape["patches"], shape["grid"], shape["keep"], vision, itemsize)
+            graph = pairs * (forward + 2 * sum(probes) + 3 * max(probes) * FLOAT32 // itemsize)
+            unprobed = [Pass(pairs, source, vision=True, **common)]
+            unprobed += [] if vision else [Pass(pairs, 0, vision=True, decoder=False, **common)]
+            peaks.append(Counter({"pixels": _pixels(pairs, shape), "recorded activations": recorded,
+                                  "largest pass": max([graph] + [_call(job, p) for p in unprobed])}))  # fmt: skip
+        return _peak(peaks)
+
+    return Calls(passes, memory, len(job.pairs) * len(job.sites) * groups, max(count for count, _ in layouts),
+                 "attribute fewer sites, or pass a larger budget_gib")  # fmt: skip
 
 
-def _layers(arguments: dict, size_of, extra, groups: int, dense_layers: int) -> tuple:
+def _layer_calls(job, layers: int, groups: int, dense_layers: int, extra, advice: str) -> Calls:
     """``knockout_sweep``'s and ``head_sweep``'s calls, per layout: the corrupted run, the clean image tokens, the
-    unedited clean run, then each layer's ``groups`` copies per pair, ``size`` at a time. Held: the image tokens,
-    ``extra(job, rows, tokens, layers)``'s fixed parts, and the largest call with its bytes per copy."""
-    job, layers = layer_job(arguments["spec"], arguments["contrast"], arguments["metric"], arguments["layers"])
-    size, refusal, least = _refused(size_of, job, layers, arguments["budget_gib"])
+    unedited clean run, then each of ``layers`` layers' ``groups`` copies per pair, ``size`` at a time. Held: the
+    image tokens, ``extra(rows, tokens)``'s fixed parts, and the largest call with its bytes per copy."""
     call = functools.lru_cache(maxsize=None)(functools.partial(_call, job))  # thousands of copies, a few kinds
-    passes, peaks = Counter(), []
+    layouts = []
     for rows in job.contrast.groups:
         shape = _layout(job, rows)
         common = {"patches": shape["patches"], "grid": shape["grid"], "keep": shape["keep"]}
-        unedited = [Pass(len(rows), shape["tokens"]["corrupted"], vision=True, **common),
-                    Pass(len(rows), 0, vision=True, decoder=False, **common),
-                    Pass(len(rows), shape["tokens"]["clean"], vision=False, **common)]  # fmt: skip
-        passes.update(unedited)
-        fixed, per_copy = extra(job, rows, shape["tokens"]["clean"], len(layers))
-        largest = max(call(p) for p in unedited)
-        for chunk in _chunks(len(rows) * groups, size) * len(layers):
-            copy = Pass(chunk, shape["tokens"]["clean"], vision=False, dense_layers=dense_layers, **common)
-            passes[copy] += 1
-            largest = max(largest, call(copy, masked=dense_layers > 0) + chunk * per_copy)
-        peaks.append(Counter({"pixels": _pixels(len(rows), shape), "image tokens": _image_tokens(job, rows, shape),
-                              **fixed, "largest pass": largest}))  # fmt: skip
-    return passes, _peak(*peaks), size, len(job.pairs) * len(layers) * groups, refusal, least
+        clean = shape["tokens"]["clean"]
+        layouts.append((rows, shape, common, clean, _unedited(len(rows), shape["tokens"]["corrupted"], clean, common),
+                        *extra(len(rows), clean)))  # fmt: skip
+
+    def copy(rows: int, tokens: int, common: dict) -> Pass:
+        return Pass(rows, tokens, vision=False, dense_layers=dense_layers, **common)
+
+    def passes(size: int) -> Counter:
+        counted = Counter()
+        for rows, _, common, clean, unedited, _, _ in layouts:
+            counted.update(unedited)
+            _count(counted, len(rows) * groups, size, layers, tokens=clean, vision=False, dense_layers=dense_layers,
+                   **common)
+        return counted
+
+    def memory(size: int) -> dict[str, int]:
+        peaks = []
+        for rows, shape, common, clean, unedited, fixed, per_copy in layouts:
+            chunk = min(size, len(rows) * groups)
+            largest = max([call(p) for p in unedited] + [call(copy(chunk, clean, common), dense_layers > 0)
+                                                         + chunk * per_copy])  # fmt: skip
+            peaks.append(Counter({"pixels": _pixels(len(rows), shape),
+                                  "image tokens": _image_tokens(job, len(rows), shape), **fixed,
+                                  "largest pass": largest}))  # fmt: skip
+        return _peak(peaks)
+
+    return Calls(passes, memory, len(job.pairs) * layers * groups,
+                 max(len(rows) for rows, *_ in layouts) * groups, advice)  # fmt: skip
 
 
-def _knockout(arguments: dict) -> tuple:
-    """Per copy, its knockout masks: the forbidden pairs and the edited boolean mask (one byte per query and key),
-    and the kernel's own: sdpa turns a boolean mask into a float one (through a negated copy), eager fills its
-    float mask into a new one."""
-    groups = len(knockout_groups(arguments["spec"], arguments["contrast"].pairs[0].grid, arguments["cells"]))
-    itemsize = unwrap(arguments["spec"]).dtype.itemsize
-    per_pair = 1 + itemsize if kernel(arguments["spec"].config) == "eager" else 3 + itemsize
-    return _layers(arguments, knockout_size,
-                   lambda job, rows, tokens, layers: ({}, per_pair * tokens**2), groups, dense_layers=1)  # fmt: skip
+def knockout_calls(job, layers: int, groups: int) -> Calls:
+    """``knockout_sweep`` of ``layers`` layers and ``groups`` cell groups. Per copy, its knockout masks: the forbidden
+    pairs and the edited boolean mask (one byte per query and key), and the kernel's own: sdpa turns a boolean mask
+    into a float one (through a negated copy), eager fills its float mask into a new one."""
+    itemsize = unwrap(job.spec).dtype.itemsize
+    per_pair = 1 + itemsize if kernel(job.spec.config) == "eager" else 3 + itemsize
+    return _layer_calls(job, layers, groups, 1, lambda rows, tokens: ({}, per_pair * tokens**2),
+                        "knock out fewer layers, or pass a larger budget_gib")  # fmt: skip
 
 
-def _heads(arguments: dict) -> tuple:
-    """Mean and patch ablation hold both runs' head outputs and the replacements at every layer, and per copy its
-    mixed head outputs and their projection."""
-    heads, ablation = text_config(arguments["spec"].config).num_attention_heads, arguments["ablation"]
-    spec = arguments["spec"]
-    width, itemsize = text_config(spec.config).hidden_size, unwrap(spec).dtype.itemsize
+def head_calls(job, layers: int, ablation: str) -> Calls:
+    """``head_sweep`` of ``layers`` layers' heads: mean and patch ablation hold both runs' head outputs and the
+    replacements at every layer, and per copy its mixed head outputs and their projection."""
+    config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
+    width = text_config(config).hidden_size
 
-    def extra(job, rows, tokens, layers):
+    def extra(rows: int, tokens: int) -> tuple[dict[str, int], int]:
         if ablation == "zero":
             return {}, 0
-        recorded = 3 * len(rows) * layers * tokens * width * itemsize
-        return {"recorded head outputs": recorded}, 2 * tokens * width * itemsize
+        return {"recorded head outputs": 3 * rows * layers * tokens * width * itemsize}, 2 * tokens * width * itemsize
 
-    return _layers(arguments, lambda job, layers, budget: head_size(job, layers, ablation, budget),
-                   extra, heads, dense_layers=0)  # fmt: skip
-
-
-ESTIMATES = {"patching": _patching, "positions": _patching, "attribution": _attribution, "knockout": _knockout,
-             "heads": _heads}  # fmt: skip
+    return _layer_calls(job, layers, text_config(config).num_attention_heads, 0, extra,
+                        "ablate the heads of fewer layers, or pass a larger budget_gib")  # fmt: skip

@@ -80,7 +80,8 @@ def parser(verb: str) -> argparse.ArgumentParser:
     parser.add_argument("--time-on", choices=sorted(PEAK_FLOPS), default=None,
                         help="time the plan on this GPU's peak instead of one pass measured here")
     parser.add_argument("--budget-gib", type=float, default=DEFAULT_BUDGET_GIB,
-                        help=f"refuse a job estimated to hold more than this (default {DEFAULT_BUDGET_GIB:g})")
+                        help=f"GiB the sweep may hold beside the weights: as many copies per pass as fit, by the "
+                             f"plan's count; a job that does not fit one is refused (default {DEFAULT_BUDGET_GIB:g})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"scale larger pictures down to this many pixels (default {DEFAULT_MAX_PIXELS:,}; "
                              f"0: no cap)")
@@ -123,8 +124,8 @@ def run(verb: str, args: argparse.Namespace) -> int:
     metric = logit_diff(spec, *args.answers)
     planned = plan(spec, contrast, metric, device=args.time_on, **sweep_options(verb, args, spec))
     print(planned)
-    if planned.refusal:
-        raise MemoryError(planned.refusal)
+    if planned.refusal:  # the sweep's own message, in the command's words
+        raise MemoryError(planned.refusal.replace("budget_gib=", "--budget-gib ").replace("budget_gib", "--budget-gib"))
     if args.plan:
         return 0
     check = contrast.check(metric)

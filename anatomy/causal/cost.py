@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomy.capture.budget import check_gib, check_job_budget
 from anatomy.capture.orders import window_lengths
 from anatomy.model import text_config
 
@@ -119,18 +118,9 @@ def sweep_cost(config, image_side: int = 448, text_tokens: int = 30, questions: 
                      decoder_flops(config, tokens), peak_flops, utilisation)
 
 
-def copies_per_pass(fixed: dict[str, int], copy: int, least: int, budget_gib: float, advice: str) -> int:
-    """How many copies of ``copy`` bytes fit in one pass beside the ``fixed`` parts (bytes each) within
-    ``budget_gib`` GiB. A job whose fixed parts and its smallest necessary pass (one copy, or ``least`` bytes: an
-    unpatched run of every pair) exceed the budget is refused (``MemoryError`` naming the parts, ending in
-    ``advice``).
-
-    >>> copies_per_pass({"recorded activations": 2**29}, 2**28, 2**28, 1.0, "use fewer sites")
-    2
-    """
-    check_gib(budget_gib)
-    check_job_budget({**fixed, "largest pass": max(copy, least)}, budget_gib, advice)
-    return int((budget_gib * 2**30 - sum(fixed.values())) // copy)
+def size_text(size: float) -> str:
+    """Bytes for people: GiB with two decimals, MiB below 1 GiB. ``size_text(3 * 2**29) == '1.50 GiB'``."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
 
 
 def kernel(config) -> str:

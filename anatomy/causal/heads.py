@@ -30,11 +30,11 @@ import torch
 from matplotlib.figure import Figure
 
 from anatomy.causal.batches import image_tokens, with_image_tokens
-from anatomy.causal.cost import copies_per_pass
+from anatomy.causal.calls import head_calls
 from anatomy.causal.edits import Layout, Recording, patch, zero
 from anatomy.causal.interventions import intervene
-from anatomy.causal.knockouts import layer_job, tokens_and_patches
-from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised
+from anatomy.causal.knockouts import layer_job
+from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, normalised
 from anatomy.lab.figures import drawable
 from anatomy.model import decoder_layers, text_config, unwrap
 
@@ -84,29 +84,11 @@ def head_outputs(model, layers: list[int]):
             handle.remove()
 
 
-def head_bytes(job: Job, rows: list[int], layers: int, ablation: str) -> tuple[dict[str, int], int, int]:
-    """Pairs ``rows`` of one layout: the fixed parts (image tokens; for mean and patch both runs' head outputs and
-    the replacements, at every layer), the bytes of one copy, and of the unedited runs with the vision tower."""
-    config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
-    tokens, patches, keep = tokens_and_patches(job, rows)
-    width = text_config(config).hidden_size
-    images = len(rows) * patches // config.vision_config.spatial_merge_size**2 * width * itemsize
-    fixed = {"image tokens": images}
-    copy = copy_bytes(config, tokens, patches, keep, False, itemsize)
-    if ablation != "zero":
-        fixed["recorded head outputs"] = 3 * len(rows) * layers * tokens * width * itemsize
-        copy += 2 * tokens * width * itemsize  # the copy's head outputs, one replaced, and their o_proj
-    return fixed, copy, len(rows) * copy_bytes(config, tokens, patches, keep, True, itemsize)
-
-
-def head_size(job: Job, layers: list[int], ablation: str, budget_gib: float) -> int:
-    """Copies per pass within ``budget_gib`` for ``ablation`` of ``layers``' heads; refuses an unknown ablation, and
-    (``MemoryError``) a job over budget with one copy."""
+def head_job(spec, contrast, metric, layers, ablation: str) -> tuple[Job, list[int]]:
+    """``layer_job``'s job and layers, once ``ablation`` is known."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation={ablation!r}; expected one of {ABLATIONS}")
-    advice = "ablate the heads of fewer layers, or pass a larger budget_gib"
-    return min(copies_per_pass(*head_bytes(job, rows, len(layers), ablation), budget_gib, advice)
-               for rows in job.contrast.groups)  # fmt: skip
+    return layer_job(spec, contrast, metric, layers)
 
 
 def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
@@ -114,9 +96,9 @@ def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
     """Ablate each head of ``layers`` (None: all) in turn, one (layer, head) per copy of each pair's clean prompt.
     Every refusal happens before the model runs."""
     start = time.perf_counter()
-    job, chosen = layer_job(spec, contrast, metric, layers)
+    job, chosen = head_job(spec, contrast, metric, layers, ablation)
     heads = text_config(spec.config).num_attention_heads
-    size = head_size(job, chosen, ablation, budget_gib)
+    size = head_calls(job, len(chosen), ablation).batch_size(budget_gib)
     values = np.zeros((len(job.pairs), len(chosen), heads))
     base, passes, bare = {"clean": np.zeros(len(job.pairs)), "corrupted": np.zeros(len(job.pairs))}, 0, unwrap(spec)
     recorded = chosen if ablation != "zero" else []
@@ -127,8 +109,8 @@ def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
             base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep).logits, rows)
         with torch.no_grad(), head_outputs(bare, recorded) as own:
             images = image_tokens(bare, target)
-            unedited = bare(**with_image_tokens(target, images, local), logits_to_keep=keep).logits
-            base["clean"][rows] = job.read(unedited, rows)
+            base["clean"][rows] = job.read(bare(**with_image_tokens(target, images, local),
+                                                logits_to_keep=keep).logits, rows)  # fmt: skip
         passes += 3
         copies = [(p, h) for p in local for h in range(heads)]
         for i, layer in enumerate(chosen):

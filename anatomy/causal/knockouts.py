@@ -13,8 +13,9 @@ layer: ``knock_out`` applied by ``intervene``. The metric is normalised like noi
     effect = (knocked out - corrupted) / (clean - corrupted)       1 = nothing lost, 0 = as the corrupted run
 
 ``cells``: ``"image"`` (every image token at once: one group), or any groups of ``anatomy.causal.groups``.
-Copies of one layer run together, as many as ``budget_gib`` allows, on the pictures' image tokens
-computed once. Attention knockout edits the attention mask: the model's kernel must be eager or sdpa.
+Copies of one layer run together, as many as fit ``budget_gib`` by the plan's count
+(``anatomy.causal.calls.knockout_calls``), on the pictures' image tokens computed once. Attention
+knockout edits the attention mask: the model's kernel must be eager or sdpa.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from PIL import Image
 from anatomy.causal import sweeps
 from anatomy.causal.attention_mask import checked
 from anatomy.causal.batches import image_tokens, with_image_tokens
-from anatomy.causal.cost import copies_per_pass
+from anatomy.causal.calls import knockout_calls
 from anatomy.causal.edits import knock_out
 from anatomy.causal.groups import Groups, cell_groups, draw
 from anatomy.causal.interventions import intervene
-from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, copy_bytes, normalised
+from anatomy.causal.sweeps import DEFAULT_BUDGET_GIB, Job, normalised
 from anatomy.lab.figures import drawable
-from anatomy.model import check_layers, text_config, unwrap
+from anatomy.model import check_layers, unwrap
 
 IMAGE = "image"  # cells="image": every image token, one group
 
@@ -83,32 +84,12 @@ def layer_job(spec, contrast, metric, layers) -> tuple[Job, list[int]]:
     return sweeps.plan(spec, contrast, metric, sites, "corrupted->clean", vision=False), chosen
 
 
-def tokens_and_patches(job: Job, rows: list[int]) -> tuple[int, int, int]:
-    """The longest of both sides' token counts (answers appended), patches per picture, kept logit positions."""
-    keep = job.metric.span(rows, len(rows))
-    first = job.pairs[rows[0]]
-    tokens = max(getattr(first, side)["input_ids"].shape[1] for side in ("clean", "corrupted")) + keep - 1
-    return tokens, int(first.clean.grid_thw[0].prod()), keep
-
-
-def knockout_bytes(job: Job, rows: list[int]) -> tuple[dict[str, int], int, int]:
-    """Pairs ``rows`` of one layout: the fixed parts (the pictures' image tokens), the bytes of one copy (a
-    decoder pass and one layer's masks: forbidden pairs, edited mask, the kernel's float mask) and of the
-    unedited runs of every pair, with the vision tower."""
-    config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
-    tokens, patches, keep = tokens_and_patches(job, rows)
-    cells = patches // config.vision_config.spatial_merge_size**2
-    images = len(rows) * cells * text_config(config).hidden_size * itemsize
-    copy = copy_bytes(config, tokens, patches, keep, False, itemsize) + (3 + itemsize) * tokens**2
-    return {"image tokens": images}, copy, len(rows) * copy_bytes(config, tokens, patches, keep, True, itemsize)
-
-
-def knockout_size(job: Job, layers: list[int], budget_gib: float) -> int:
-    """Copies per pass within ``budget_gib``, once the model's attention kernel is known to take a dense mask;
-    refuses (``MemoryError``) a job over budget with one copy."""
-    checked(unwrap(job.spec), knock_out(layers))
-    advice = "knock out fewer layers, or pass a larger budget_gib"
-    return min(copies_per_pass(*knockout_bytes(job, rows), budget_gib, advice) for rows in job.contrast.groups)
+def knockout_job(spec, contrast, metric, layers, cells) -> tuple[Job, list[int], Groups]:
+    """``layer_job``'s job and layers, once the model's attention kernel is known to take a dense mask, and the cell
+    groups knocked out."""
+    job, chosen = layer_job(spec, contrast, metric, layers)
+    checked(unwrap(job.spec), knock_out(chosen))
+    return job, chosen, knockout_groups(spec, job.pairs[0].grid, cells)
 
 
 def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
@@ -116,9 +97,8 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
     """Block the answer position from each group of image tokens in each of ``layers``, one (layer, group) per
     copy of each pair's clean prompt. Every refusal happens before the model runs."""
     start = time.perf_counter()
-    job, chosen = layer_job(spec, contrast, metric, layers)
-    groups = knockout_groups(spec, job.pairs[0].grid, cells)
-    size = knockout_size(job, chosen, budget_gib)
+    job, chosen, groups = knockout_job(spec, contrast, metric, layers, cells)
+    size = knockout_calls(job, len(chosen), len(groups)).batch_size(budget_gib)
     values = np.zeros((len(job.pairs), len(chosen), len(groups)))
     base, passes = {"clean": np.zeros(len(job.pairs)), "corrupted": np.zeros(len(job.pairs))}, 0
     bare = unwrap(spec)
@@ -128,9 +108,9 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
         with torch.no_grad():
             base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep).logits, rows)
             images = image_tokens(bare, target)
-            local = list(range(len(rows)))
-            unedited = bare(**with_image_tokens(target, images, local), logits_to_keep=keep).logits
-            base["clean"][rows] = job.read(unedited, rows)
+            local = list(range(len(rows)))  # each call's logits read at once: none kept into the next call
+            base["clean"][rows] = job.read(bare(**with_image_tokens(target, images, local),
+                                                logits_to_keep=keep).logits, rows)  # fmt: skip
         passes += 3
         copies = [(p, g) for p in local for g in range(len(groups))]
         for i, layer in enumerate(chosen):
@@ -141,8 +121,7 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
                          for g in sorted({g for _, g in chunk})]  # fmt: skip
                 inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 with torch.no_grad(), intervene(bare, edits):
-                    logits = bare(**inputs, logits_to_keep=keep).logits
-                read = job.read(logits, [rows[p] for p, _ in chunk])
+                    read = job.read(bare(**inputs, logits_to_keep=keep).logits, [rows[p] for p, _ in chunk])
                 for (p, g), value in zip(chunk, read):
                     values[rows[p], i, g] = value
                 passes += 1

@@ -27,9 +27,10 @@ What it counts:
 - peak memory: the weights, what the sweep keeps throughout (pixels, recorded activations, image tokens) and
   its largest call, each call's peak counted tensor by tensor (``anatomy.causal.cost.pass_bytes``,
   ``graph_bytes``): an upper bound, within 1.5x of the peak measured on tiny (``benchmarks/plan_memory.py``).
-  The batch size and the refusal are the sweep's own (its budget check counts more than the run holds); a
-  sweep over budget is planned with one copy per pass and carries the refusal it would raise. The calls and
-  bytes are counted in ``anatomy.causal.calls``.
+  The weights apart, this peak is what ``budget_gib`` bounds: the sweep runs as many copies per pass as fit
+  it, by this same count (``anatomy.causal.calls``, where the calls and bytes are counted); a sweep that one
+  copy per pass does not fit is planned with one copy per pass and carries the refusal it would raise, which
+  names the least budget that runs it (``least_budget_gib``).
 
 Sizes print in GiB (2^30 bytes) with two decimals, in MiB (2^20 bytes) below 1 GiB.
 """
@@ -47,13 +48,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from anatomy.causal.attribution import attribution
-from anatomy.causal.calls import ESTIMATES, Pass
+from anatomy.causal.calls import Calls, Pass, attribution_calls, head_calls, knockout_calls, patching_calls
 from anatomy.causal.contrast import Contrast, Pair, pair
-from anatomy.causal.cost import PEAK_FLOPS
-from anatomy.causal.heads import head_sweep
-from anatomy.causal.knockouts import knockout_sweep
+from anatomy.causal.cost import PEAK_FLOPS, size_text
+from anatomy.causal.groups import cell_groups
+from anatomy.causal.heads import head_job, head_sweep
+from anatomy.causal.knockouts import knockout_job, knockout_sweep
 from anatomy.causal.metrics import logit_diff
 from anatomy.causal.sweeps import patching_sweep, position_sweep
+from anatomy.causal.sweeps import plan as check_job
 from anatomy.inputs import demo_image
 from anatomy.model import Specimen, unwrap, vision_tower
 from anatomy.sources import load
@@ -79,7 +82,7 @@ class Plan:
     memory: dict[str, int]
     budget_gib: float
     refusal: str | None
-    least_budget_gib: float  # the least budget_gib the sweep's own check accepts (to 1 MiB)
+    least_budget_gib: float  # the least budget_gib that runs the sweep (one copy per pass), 4 digits rounded up
     seconds_per_flop: tuple[float, float]  # in the vision tower, in the decoder
     timing: str
     call: functools.partial = field(repr=False)
@@ -125,8 +128,8 @@ class Plan:
         backward = f", {self.backward_passes:,} backward" if self.backward_passes else ""
         parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory.items())
         budget = (f"over budget_gib={self.budget_gib:g}: {self.refusal}" if self.refusal
-                  else f"within budget_gib={self.budget_gib:g} (the weights apart)")  # fmt: skip
-        budget += f"; the sweep accepts budget_gib >= {self.least_budget_gib:.3g}"
+                  else f"within budget_gib={self.budget_gib:g} (the weights apart); the least that runs it is "
+                       f"budget_gib={self.least_budget_gib:g}")  # fmt: skip
         return "\n".join([
             f"plan: {self.sweep} on {self.model}, {self.pairs} pair(s), {self.shape}",
             (f"  {self.copies:,} (site, group) estimates, {self.batch_size:,} pair(s) per pass"
@@ -137,11 +140,6 @@ class Plan:
             f"  peak memory about {size_text(self.peak_bytes)}: {parts}",
             f"  {budget}",
         ])  # fmt: skip
-
-
-def size_text(size: float) -> str:
-    """Bytes for people: GiB with two decimals, MiB below 1 GiB. ``size_text(3 * 2**29) == '1.50 GiB'``."""
-    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
 
 
 def duration(seconds: float) -> str:
@@ -196,7 +194,10 @@ def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_siz
         raise TypeError(f"{sweep} takes no such option ({error}); its options: {_options(sweep)}") from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
-    passes, memory, size, copies, refusal, least = ESTIMATES[sweep](arguments)
+    calls = sweep_calls(sweep, arguments)
+    refusal = calls.refusal(arguments["budget_gib"])
+    size = 1 if refusal else calls.batch_size(arguments["budget_gib"])
+    passes, memory = calls.passes(size), calls.memory(size)
     itemsize = unwrap(spec).dtype.itemsize
     weights = sum(p.numel() for p in unwrap(spec).parameters()) * itemsize
     timed_here = device is None and spec.has_weights and not refusal  # a job over budget runs nothing
@@ -207,8 +208,26 @@ def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_siz
     shape = (f"pictures {rows * side} x {cols * side} px: {first.grid[0]} x {first.grid[1]} cells, {rows * cols} "
              f"patches, {length} tokens")  # fmt: skip
     return Plan(sweep, f"{spec.source} ({spec.kind}, {unwrap(spec).dtype})", spec.config, len(contrast.pairs), shape,
-                copies, size, dict(passes), {"weights": weights, **memory}, arguments["budget_gib"], refusal, least,
+                calls.copies, size, dict(passes), {"weights": weights, **memory}, arguments["budget_gib"], refusal,
+                calls.least_gib,
                 rate, timing, functools.partial(SWEEPS[sweep], **arguments))  # fmt: skip
+
+
+def sweep_calls(sweep: str, arguments: dict) -> Calls:
+    """The calls of ``sweep`` called with ``arguments`` (its own, by name), checked as the sweep checks them: the
+    count its batch size and refusal come from."""
+    spec, contrast, metric = arguments["spec"], arguments["contrast"], arguments["metric"]
+    if sweep == "knockout":
+        job, layers, groups = knockout_job(spec, contrast, metric, arguments["layers"], arguments["cells"])
+        return knockout_calls(job, len(layers), len(groups))
+    if sweep == "heads":
+        job, layers = head_job(spec, contrast, metric, arguments["layers"], arguments["ablation"])
+        return head_calls(job, len(layers), arguments["ablation"])
+    job = check_job(spec, contrast, metric, arguments["sites"], arguments["direction"], vision=sweep != "positions")
+    if sweep == "positions":
+        return patching_calls(job, None)
+    groups = len(cell_groups(spec, job.pairs[0].grid, arguments["cells"]))
+    return (attribution_calls if sweep == "attribution" else patching_calls)(job, groups)
 
 
 def _options(sweep: str) -> list[str]:

@@ -19,9 +19,9 @@ whose two runs measure the same has no scale: its effects are NaN, with a warnin
 Batching. Copies of the patched prompt run together, each with its own patch (rows repeated, as
 ``anatomy.causal.batches``); a batch holds copies of one site, and copies that patch a
 decoder site take the pictures' image tokens computed once instead of running the vision tower.
-The batch size follows from ``budget_gib`` and a rough estimate of what a copy holds
-(``copy_bytes``); a job whose recorded activations plus its largest forward pass exceed the
-budget is refused before the model runs (``MemoryError``).
+The batch size is the largest whose peak memory, as ``anatomy.causal.plan`` counts it
+(``anatomy.causal.calls``), fits ``budget_gib`` (the weights apart); a job that one copy per pass
+does not fit is refused before the model runs (``MemoryError``, naming the least budget that runs it).
 
 Alignment. Image cells align cell by cell (the pairs' pictures share one grid). Text follows
 ``Pair.counterpart``: before patching, the source run's decoder activations are moved to the
@@ -42,9 +42,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from anatomy.capture import capture
-from anatomy.capture.budget import check_gib, check_job_budget
-from anatomy.capture.sites import MERGED_WINDOW, NONE, Site, resolve
+from anatomy.capture.sites import NONE, Site, resolve
 from anatomy.causal.batches import image_tokens, take, with_image_tokens
+from anatomy.causal.calls import patching_calls
 from anatomy.causal.contrast import SIDES, Contrast, Pair
 from anatomy.causal.edits import Layout, Recording, patch
 from anatomy.causal.groups import Groups, cell_groups, draw
@@ -52,12 +52,11 @@ from anatomy.causal.interventions import intervene
 from anatomy.causal.metrics import Metric, as_metric
 from anatomy.inputs import resized
 from anatomy.lab.figures import drawable
-from anatomy.model import decoder_layers, lm_head, text_config, unwrap
+from anatomy.model import decoder_layers, lm_head, unwrap
 from anatomy.processor import one_line, token_text
 
 DIRECTIONS = ("clean->corrupted", "corrupted->clean")
 DEFAULT_BUDGET_GIB = 4.0
-LOGIT_BYTES = 4  # logits are read in float32
 
 
 def residual_sites(spec) -> list[str]:
@@ -163,54 +162,6 @@ def _padded(positions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([positions, torch.full((length - len(positions),), -1)])
 
 
-def copy_bytes(config, tokens: int, patches: int, keep: int, vision: bool, itemsize: int) -> int:
-    """Rough peak bytes one prompt adds to a forward pass without gradients: the decoder's widest live activations
-    (4 hidden-state widths and the MLP's 3 intermediate ones per token, one layer's attention scores, the ``keep``
-    positions' logits twice), and the vision tower's likewise when it runs (``vision``)."""
-    t, v = text_config(config), config.vision_config
-    decoder = tokens * (4 * t.hidden_size + 3 * t.intermediate_size) + t.num_attention_heads * tokens**2
-    tower = patches * (4 * v.hidden_size + 3 * v.intermediate_size) + v.num_heads * patches**2 if vision else 0
-    return (decoder + tower) * itemsize + 2 * keep * t.vocab_size * LOGIT_BYTES
-
-
-def site_bytes(config, site: Site, tokens: int, patches: int, itemsize: int) -> int:
-    """Bytes of one prompt's activation at ``site`` (rough: the fused qkv counts 3 widths, any other site one)."""
-    v = config.vision_config
-    if site.order == NONE:
-        return tokens * text_config(config).hidden_size * itemsize
-    if site.order == MERGED_WINDOW:
-        return patches // v.spatial_merge_size**2 * v.out_hidden_size * itemsize
-    return patches * max(v.hidden_size * (3 if site.name.endswith("qkv") else 1), 1176) * itemsize
-
-
-def _shape(job: Job, rows: list[int]) -> tuple[int, int, int]:
-    """Tokens (answers appended), patches per picture, kept logit positions of one layout's pairs."""
-    first = job.pairs[rows[0]]
-    keep = job.metric.span(rows, len(rows))
-    tokens = max(getattr(first, side)["input_ids"].shape[1] for side in SIDES) + keep - 1
-    return tokens, int(first.clean.grid_thw[0].prod()), keep
-
-
-def batch_size(job: Job, budget_gib: float) -> int:
-    """Copies per forward pass within ``budget_gib``; refuses (MemoryError) a job over budget with one copy."""
-    check_gib(budget_gib)
-    config, itemsize = job.spec.config, unwrap(job.spec).dtype.itemsize
-    vision = any(site.order != NONE for site in job.sites)
-    sizes = []
-    for rows in job.contrast.groups:
-        tokens, patches, keep = _shape(job, rows)
-        recorded = len(rows) * sum(site_bytes(config, s, tokens, patches, itemsize) for s in job.sites)
-        images = len(rows) * patches // config.vision_config.spatial_merge_size**2 * text_config(config).hidden_size
-        images *= itemsize  # the patched pictures' image tokens, kept for decoder copies
-        one = copy_bytes(config, tokens, patches, keep, vision, itemsize)
-        copy = one + max(site_bytes(config, s, tokens, patches, itemsize) for s in job.sites)
-        parts = {"recorded activations": recorded, "image tokens": images, "largest pass": max(copy, len(rows) * one)}
-        check_job_budget(parts, budget_gib, "patch fewer sites, or cut the contrast into smaller batches "
-                         "(Contrast(pairs, batch_size=...)), or pass a larger budget_gib")
-        sizes.append(int((budget_gib * 2**30 - recorded - images) // copy))
-    return min(sizes)
-
-
 def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) -> tuple[np.ndarray, dict]:
     """The metric of every patched copy. ``variants``: (pair, site index, (``"cells"`` or ``"positions"``, value)).
 
@@ -220,7 +171,7 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
     values, base = np.full(len(variants), np.nan), {side: np.zeros(len(job.pairs)) for side in SIDES}
     bare, passes = unwrap(job.spec), 0
     for rows in job.contrast.groups:
-        sides, (_, _, keep) = job.sides(rows), _shape(job, rows)
+        sides, keep = job.sides(rows), job.metric.span(rows, len(rows))
         base[job.source][rows], source = job.record(rows, sides, keep)
         target = sides[job.target]
         images = image_tokens(bare, target)
@@ -338,7 +289,7 @@ def patching_sweep(spec, contrast, metric, sites=None, cells="cell", direction: 
     start = time.perf_counter()
     job = plan(spec, contrast, metric, sites, direction)
     groups = cell_groups(spec, job.pairs[0].grid, cells)
-    size = batch_size(job, budget_gib)
+    size = patching_calls(job, len(groups)).batch_size(budget_gib)
     variants = [(p, s, ("cells", cells)) for s in range(len(job.sites)) for p in range(len(job.pairs))
                 for cells in groups.members]  # fmt: skip
     values, base = patched_values(job, variants, size)
@@ -355,7 +306,7 @@ def position_sweep(spec, contrast, metric, sites=None, direction: str = "clean->
     default to the decoder's residual sites. Every refusal happens before the model runs."""
     start = time.perf_counter()
     job = plan(spec, contrast, metric, sites, direction, vision=False)
-    size = batch_size(job, budget_gib)
+    size = patching_calls(job, None).batch_size(budget_gib)
     aligned = [source_positions(p, job.target) for p in job.pairs]
     length = max(len(a) for a in aligned)
     variants = [(p, s, ("positions", (q,))) for s in range(len(job.sites)) for p, a in enumerate(aligned)

@@ -3,6 +3,7 @@ same pictures (its numbers equal the JSON's), the model calls counted (none befo
 and the files written (PNG signatures)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,9 +15,11 @@ import anatomy
 from anatomy.__main__ import main
 from anatomy.causal import Contrast, attribution, logit_diff, pair, patching_sweep
 from anatomy.causal import command as command_module
+from anatomy.causal.calls import least_budget
 from anatomy.causal.command import random_weights_model
 from anatomy.causal.heads import head_sweep
 from anatomy.causal.knockouts import knockout_sweep
+from anatomy.causal.plan import countable, plan
 from anatomy.inputs import demo_image
 from anatomy.toy import sample
 from anatomy.toy.experiments import counterfactual
@@ -179,7 +182,7 @@ BAD = [
     (["--model", "tiny", "--out", "{out}", "--answers", "", "blue"], "is empty"),
     (["--model", "tiny", "--out", "{out}", "--sites", "decoder.layers.9.input"], "out of range"),
     (["--model", "tiny", "--out", "{out}", "--sites", "decoder.nonsense"], "unknown site"),
-    (["--model", "tiny", "--out", "{out}", "--budget-gib", "0.0001"], "above budget_gib=0.0001"),
+    (["--model", "tiny", "--out", "{out}", "--budget-gib", "0.0001"], "above --budget-gib 0.0001"),
     (["--model", "7B", "--out", "{out}"], "skeleton without weights"),
     (["--model", "7B", "--random-weights", "--device", "cpu", "--out", "{out}"], "run it on a GPU"),
     (["--model", "tiny"], "--out DIR is needed"),
@@ -200,6 +203,21 @@ def test_bad_input_is_one_line_and_status_2_before_the_model_runs(house, tmp_pat
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and error.startswith("anatomy patch: ") and message in error
     assert not calls and not (tmp_path / "out").exists()
+
+
+def test_a_refusal_names_the_budget_that_the_plan_runs_with(models, house, calls, capsys):
+    """``--approx`` on the 7B, over budget: the least ``--budget-gib`` the message names is the plan's peak at that
+    budget (the weights apart), rounded up as printed; with it the command plans the sweep."""
+    assert run("patch", house, "--model", "7B", "--approx", "--plan", "--budget-gib", "0.01") == 2
+    error = capsys.readouterr().err
+    suggested = float(re.search(r"the least that runs it is --budget-gib ([0-9.e+-]+);", error).group(1))
+    contrast = Contrast([pair(countable(models["7B"]), house / "clean.png", QUESTION,
+                              corrupted_image=house / "corrupt.png")])  # fmt: skip
+    planned = plan(models["7B"], contrast, sweep="attribution", device="H100", budget_gib=suggested)
+    held = planned.peak_bytes - planned.memory["weights"]
+    assert planned.refusal is None and suggested == least_budget(held) >= held / 2**30 and not calls
+    assert run("patch", house, "--model", "7B", "--approx", "--plan", "--budget-gib", f"{suggested:g}") == 0
+    assert "plan: attribution on 7B" in capsys.readouterr().out
 
 
 def test_an_unknown_layer_is_refused_by_knockout(house, calls, capsys):

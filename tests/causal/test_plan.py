@@ -3,17 +3,18 @@ FLOP counter on an eager forward pass, the peak of torch's allocations as the sw
 sizes and refusals, and a skeleton that must not run."""
 
 import contextlib
+import inspect
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import anatomy
 from anatomy.causal import Contrast, logit_diff, pair
+from anatomy.causal.calls import least_budget
 from anatomy.causal.cost import PEAK_FLOPS, decoder_flops, vision_flops
-from anatomy.causal.plan import measured_peak, plan, size_text
+from anatomy.causal.plan import SWEEPS, countable, measured_peak, plan, size_text, sweep_calls
 from anatomy.inputs import demo_image, encode
 from anatomy.model import multimodal, unwrap, vision_tower
 
@@ -140,9 +141,79 @@ def test_a_plan_over_budget_carries_the_sweeps_own_refusal(tiny, contrast, ld, s
         planned.run()
     assert str(refused.value) == planned.refusal and not seen
     assert planned.batch_size == 1 and "over budget_gib=0.0001" in str(planned)
-    least = planned.least_budget_gib  # the sweep's own check: accepted at the least budget, refused just below
+    least = planned.least_budget_gib  # printed in the refusal; the plan at one copy per pass holds at most that
+    assert f"the least that runs it is budget_gib={least:g};" in planned.refusal
+    assert planned.peak_bytes - planned.memory["weights"] <= least * 2**30 < (planned.peak_bytes
+                                                                             - planned.memory["weights"]) * 1.001
     assert plan(tiny, contrast, ld, sweep=sweep, device="H100", budget_gib=least).refusal is None
-    assert plan(tiny, contrast, ld, sweep=sweep, device="H100", budget_gib=least - 2**-10).refusal
+
+
+SIZING = [  # one option set per sweep, on a contrast whose layouts hold several pairs (attribution's batches)
+    ("patching", {"sites": SITES, "cells": "cell"}),
+    ("positions", {"sites": SITES[1:]}),
+    ("attribution", {"sites": SITES}),
+    ("knockout", {"cells": "cell", "layers": [0, 2]}),
+    ("heads", {"ablation": "patch", "layers": [1, 2]}),
+]
+
+
+@pytest.fixture(scope="module")
+def skeleton():
+    return countable(anatomy.load("7B"))
+
+
+def several(spec, painted) -> Contrast:
+    """Three pairs of one layout and one of another: 2 x 3 cells (56 x 84 px)."""
+    boxes = [(0, 28, 0, 28), (0, 56, 28, 84), (28, 56, 56, 84)]
+    pairs = [pair(spec, painted(), QUESTION, corrupted_image=painted(box=box)) for box in boxes]
+    return Contrast(pairs + [pair(spec, painted(), LONGER, corrupted_image=painted(box=boxes[0]))])
+
+
+def bound(spec, contrast, metric, sweep: str, options: dict) -> dict:
+    """The sweep's arguments by name, defaults included, as ``plan`` binds them."""
+    arguments = inspect.signature(SWEEPS[sweep]).bind(spec, contrast, metric, **options)
+    arguments.apply_defaults()
+    return dict(arguments.arguments)
+
+
+@pytest.mark.parametrize("model", ["tiny", "skeleton"])
+@pytest.mark.parametrize("sweep, options", SIZING)
+def test_the_batch_size_is_the_largest_whose_planned_peak_fits_the_budget(request, painted, model, sweep, options):
+    """Between the peaks of one copy per pass and of all of them, the plan's batch size holds at most the budget
+    (the weights apart) by the plan's own count, and one more copy per pass would hold more."""
+    spec = request.getfixturevalue(model)
+    contrast, metric = several(spec, painted), logit_diff(spec, "red", "blue")
+    counted = sweep_calls(sweep, bound(spec, contrast, metric, sweep, options))
+    assert counted.most > 2
+    budget = (counted.peak(1) + counted.peak(counted.most)) / 2 / 2**30
+    planned = plan(spec, contrast, metric, sweep=sweep, device="H100", **{**options, "budget_gib": budget})
+    held, size = planned.peak_bytes - planned.memory["weights"], planned.batch_size
+    assert planned.refusal is None and 1 <= size < counted.most
+    assert held == counted.peak(size) <= budget * 2**30 < counted.peak(size + 1)
+
+
+@pytest.mark.parametrize("sweep, options", SIZING)
+def test_a_sweep_is_refused_below_its_least_budget_before_the_model_runs_and_runs_at_it(tiny, contrast, ld, sweep,
+                                                                                      options):  # fmt: skip
+    contrast = Contrast(contrast.pairs[:1])  # one pair, one copy per pass: every copy a model call
+    options = {**options, "sites": [SITES[-1]]} if "sites" in options else options
+    counted = sweep_calls(sweep, bound(tiny, contrast, ld, sweep, options))
+    least = counted.peak(1) / 2**30  # GiB, exactly: one copy per pass
+    with calls(tiny) as seen, pytest.raises(MemoryError) as refused:
+        SWEEPS[sweep](tiny, contrast, ld, **options, budget_gib=least * (1 - 1e-9))
+    assert not seen and f"the least that runs it is budget_gib={least_budget(counted.peak(1)):g};" in str(refused.value)
+    with calls(tiny) as seen:
+        result = SWEEPS[sweep](tiny, contrast, ld, **options, budget_gib=least)
+    assert seen and (result.cells if sweep == "attribution" else result).batch_size == 1
+
+
+def test_the_7B_sweeps_are_refused_before_the_model_runs(skeleton, painted):
+    contrast, metric = several(skeleton, painted), logit_diff(skeleton, "red", "blue")
+    for sweep, options in SIZING:
+        least = sweep_calls(sweep, bound(skeleton, contrast, metric, sweep, options)).least_gib
+        with calls(skeleton) as seen, pytest.raises(MemoryError, match=f"budget_gib={least:g};"):
+            SWEEPS[sweep](skeleton, contrast, metric, **options, budget_gib=least / 2)
+        assert not seen
 
 
 def test_a_plan_of_the_7B_runs_nothing():
