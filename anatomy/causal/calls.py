@@ -112,9 +112,8 @@ class Calls:
         if self.peak(1) <= budget_gib * 2**30:
             return None
         parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory(1).items())
-        held = size_text(self.peak(1))
-        return (f"this job would hold about {held} with one copy per pass ({parts}), above budget_gib={budget_gib:g}; "
-                f"the least that runs it is budget_gib={self.least_gib:g}; {self.advice}")  # fmt: skip
+        return (f"this job is above budget_gib={budget_gib:g}: one copy per pass would hold {parts}; the least that "
+                f"runs it is budget_gib={self.least_gib:g}; {self.advice}")  # fmt: skip
 
     def batch_size(self, budget_gib: float) -> int:
         """The most copies per pass (at most ``most``) whose peak fits ``budget_gib`` GiB, the weights apart; a job

@@ -48,7 +48,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from anatomy.causal.attribution import attribution
-from anatomy.causal.calls import Calls, Pass, attribution_calls, head_calls, knockout_calls, patching_calls
+from anatomy.causal.calls import (
+    Calls,
+    Pass,
+    attribution_calls,
+    head_calls,
+    knockout_calls,
+    least_budget,
+    patching_calls,
+)
 from anatomy.causal.contrast import Contrast, Pair, pair
 from anatomy.causal.cost import PEAK_FLOPS, size_text
 from anatomy.causal.groups import cell_groups
@@ -121,15 +129,20 @@ class Plan:
     def peak_bytes(self) -> int:
         return sum(self.memory.values())
 
+    @property
+    def beside_weights_gib(self) -> float:
+        """The peak less the weights in GiB, rounded up as budgets are (``anatomy.causal.calls.least_budget``): what
+        ``budget_gib`` bounds; at one copy per pass, the least budget that runs the sweep."""
+        return least_budget(self.peak_bytes - self.memory["weights"])
+
     def __str__(self) -> str:
         kinds = Counter()
         for p, count in self.passes.items():
             kinds["full" if p.vision and p.decoder else "vision only" if p.vision else "decoder only"] += count
         backward = f", {self.backward_passes:,} backward" if self.backward_passes else ""
         parts = ", ".join(f"{name} {size_text(size)}" for name, size in self.memory.items())
-        budget = (f"over budget_gib={self.budget_gib:g}: {self.refusal}" if self.refusal
-                  else f"within budget_gib={self.budget_gib:g} (the weights apart); the least that runs it is "
-                       f"budget_gib={self.least_budget_gib:g}")  # fmt: skip
+        budget = self.refusal or (f"within budget_gib={self.budget_gib:g} (the weights apart); the least that runs "
+                                  f"it is budget_gib={self.least_budget_gib:g}")  # fmt: skip
         return "\n".join([
             f"plan: {self.sweep} on {self.model}, {self.pairs} pair(s), {self.shape}",
             (f"  {self.copies:,} (site, group) estimates, {self.batch_size:,} pair(s) per pass"
@@ -137,7 +150,8 @@ class Plan:
             f"  rows {self.rows:,}; forward passes {self.forward_passes:,} ("
             + ", ".join(f"{count:,} {kind}" for kind, count in kinds.items()) + f"){backward}",
             f"  {self.flops:.3g} FLOP, about {duration(self.seconds)} ({self.timing})",
-            f"  peak memory about {size_text(self.peak_bytes)}: {parts}",
+            (f"  peak memory about {size_text(self.peak_bytes)}, {self.beside_weights_gib:g} GiB of it beside the "
+             f"weights (what budget_gib bounds): {parts}"),
             f"  {budget}",
         ])  # fmt: skip
 

@@ -209,13 +209,14 @@ def test_a_refusal_names_the_budget_that_the_plan_runs_with(models, house, calls
     """``--approx`` on the 7B, over budget: the least ``--budget-gib`` the message names is the plan's peak at that
     budget (the weights apart), rounded up as printed; with it the command plans the sweep."""
     assert run("patch", house, "--model", "7B", "--approx", "--plan", "--budget-gib", "0.01") == 2
-    error = capsys.readouterr().err
+    printed, error = capsys.readouterr()
     suggested = float(re.search(r"the least that runs it is --budget-gib ([0-9.e+-]+);", error).group(1))
     contrast = Contrast([pair(countable(models["7B"]), house / "clean.png", QUESTION,
                               corrupted_image=house / "corrupt.png")])  # fmt: skip
     planned = plan(models["7B"], contrast, sweep="attribution", device="H100", budget_gib=suggested)
     held = planned.peak_bytes - planned.memory["weights"]
     assert planned.refusal is None and suggested == least_budget(held) >= held / 2**30 and not calls
+    assert f"{suggested:g} GiB of it beside the weights" in printed  # the refused plan's peak, as printed
     assert run("patch", house, "--model", "7B", "--approx", "--plan", "--budget-gib", f"{suggested:g}") == 0
     assert "plan: attribution on 7B" in capsys.readouterr().out
 

@@ -140,11 +140,13 @@ def test_a_plan_over_budget_carries_the_sweeps_own_refusal(tiny, contrast, ld, s
     with calls(tiny) as seen, pytest.raises(MemoryError) as refused:
         planned.run()
     assert str(refused.value) == planned.refusal and not seen
-    assert planned.batch_size == 1 and "over budget_gib=0.0001" in str(planned)
+    assert planned.batch_size == 1 and planned.refusal.startswith("this job is above budget_gib=0.0001: ")
+    assert planned.refusal in str(planned)
     least = planned.least_budget_gib  # printed in the refusal; the plan at one copy per pass holds at most that
     assert f"the least that runs it is budget_gib={least:g};" in planned.refusal
-    assert planned.peak_bytes - planned.memory["weights"] <= least * 2**30 < (planned.peak_bytes
-                                                                             - planned.memory["weights"]) * 1.001
+    assert f", {least:g} GiB of it beside the weights" in str(planned) and least == planned.beside_weights_gib
+    held = planned.peak_bytes - planned.memory["weights"]  # one copy per pass: what the sweep would hold
+    assert held <= least * 2**30 < held * 1.001
     assert plan(tiny, contrast, ld, sweep=sweep, device="H100", budget_gib=least).refusal is None
 
 
