@@ -168,7 +168,8 @@ def train(config: Qwen2_5_VLConfig, recipe: Recipe, processor, progress: bool = 
                         log.passed_at = step + 1
                         stop = step + 1 + recipe.cooldown
                         bar.total = stop  # now known: the bar shows a fraction and an ETA
-                        bar.set_description("training the toy Qwen2.5-VL (cool-down)")
+                        if recipe.cooldown:
+                            bar.set_description("training the toy Qwen2.5-VL (cool-down)")
     finally:
         bar.close()  # ends the bar's line, also when interrupted
     return model.eval()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -236,7 +237,11 @@ def test_the_progress_bar_shows_no_eta_before_the_length_is_known(capsys):
     err = capsys.readouterr().err
     assert "4it" in err and "/4" not in err
     train(toy_config(), TINY, offline_processor(), progress=True)  # passes at step 1: 2 steps in all
-    assert "2/2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2/2" in err and "(cool-down)" in err
+    train(toy_config(), replace(TINY, cooldown=0), offline_processor(), progress=True)  # no stage 2: not named
+    err = capsys.readouterr().err
+    assert "1/1" in err and "cool-down" not in err
 
 
 def test_load_never_trains(cache, monkeypatch):
