@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv lab test unit notebooks chromium browser hub-test html bench class clean
+.PHONY: venv lab test unit doctests notebooks chromium browser hub-test html bench class clean
 
 venv: $(STAMP)
 
@@ -29,9 +29,14 @@ lab: $(STAMP)
 
 # The suite runs marked (ANATOMY_SUITE=<run id> in every process it starts) in its own TMPDIR; its last step
 # fails, naming them, on any process still running or file left outside pytest's temporary root.
-# -k: every part runs and reports, even after one failed.
+# -k: every part runs and reports, even after one failed. The four parts run side by side (-j4): the browser
+# test mostly waits on JupyterLab and Chromium, and the cores stay busy until the last part ends; each part's
+# report is printed whole when it ends (--output-sync). `make test PARTS=1` runs them one after another.
+PARTS ?= 4
 test: $(STAMP) chromium
-	$(PY) -m anatomy.processes suite -- $(MAKE) --no-print-directory -k unit notebooks browser
+	@echo "make test: unit tests, doctests, notebooks and the browser test, $(PARTS) at a time; each part's report comes when it ends"
+	$(PY) -m anatomy.processes suite -- $(MAKE) --no-print-directory -k -j$(PARTS) --output-sync=target \
+	    unit doctests notebooks browser
 
 # The modules whose docstring examples need no model run as doctests.
 DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py anatomy/capture/budget.py anatomy/lab \
@@ -45,11 +50,17 @@ DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py ana
 # its share of the cores. More cores: `make test JOBS=4` (a notebook's kernel needs up to 1.7 GiB).
 JOBS ?= 2
 XDIST := -n $(JOBS) --dist loadfile
+# Each part's report starts with its name: the suite's stability benchmark reads the parts by it.
 unit: $(STAMP)
+	@echo "== part: unit =="
 	$(PY) -m pytest -q $(XDIST) --durations=10 tests --ignore=tests/browser --ignore=tests/hub
-	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
+
+doctests: $(STAMP)
+	@echo "== part: doctests =="
+	$(PY) -m pytest -q --durations=10 --doctest-modules $(DOCTESTED)
 
 notebooks: $(STAMP)
+	@echo "== part: notebooks =="
 	OMP_NUM_THREADS=$$($(PY) -c 'import os; print(max(1, os.cpu_count() // $(JOBS)))') \
 	$(PY) -m pytest -q $(XDIST) --durations=10 --nbval-lax --nbval-cell-timeout=600 --nbval-kernel-startup-timeout=180 \
 	    --timeout=900 notebooks
@@ -64,6 +75,7 @@ chromium: $(STAMP)
 	else $(PY) -m anatomy.browser || true; fi
 
 browser: $(STAMP) chromium
+	@echo "== part: browser =="
 	$(PY) -m pytest -q --durations=10 tests/browser
 
 # Every notebook executed (papermill) and rendered (nbconvert) to $(OUT)/index.html, for a teacher to

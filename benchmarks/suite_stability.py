@@ -31,48 +31,77 @@ from pathlib import Path
 
 from results import write_section
 
-from anatomy.processes import stop_group
+from anatomy.processes import PROC, processes, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = Path(__file__).with_name("suite_stability.jsonl")
 BROWSER = ["-m", "anatomy.processes", "suite", "--", sys.executable, "-m", "pytest", "-q", "--durations=10",
            "tests/browser"]
-PARTS = ("unit", "doctests", "notebooks", "browser")  # the pytest runs of `make test`, in order
+PART = re.compile(r"^== part: (\w+) ==$", re.M)  # the line each part of `make test` starts its report with
 DURATION = re.compile(r"^(\d+\.\d+)s (setup|call|teardown)\s+(\S.*?)\s*$", re.M)  # "...::Cell 6" too
 SUMMARY = re.compile(r"^=*\s*(\d+ (?:passed|failed|error|errors|skipped|xfailed|deselected)\b.*?) in ([\d.]+)s", re.M)
 LEFT = re.compile(r"^leftover check: (\d+) processes or files left by the suite \(run \w+, ([\d.]+) s\)", re.M)
 LEFT_NAMES = re.compile(r"^the suite left \(now killed or removed\): (.*)$", re.M)
 
 
-def parse(log: str, parts: tuple[str, ...]) -> dict:
-    """What a run's output says: each pytest run's counts, time and ten slowest phases, named by ``parts`` in
-    order, and the leftover check's count, names and time."""
-    found, start = [], 0
-    for summary in SUMMARY.finditer(log):
+def parse(log: str, name: str = "pytest") -> dict:
+    """What a run's output says: each part's pytest counts, time and ten slowest phases, and the leftover check's
+    count, names and time. A part is named by the ``== part: NAME ==`` line its report starts with (`make test`'s
+    parts end in any order); a run without those lines is one part, ``name``."""
+    marks = list(PART.finditer(log))
+    sections = ([(mark.group(1), mark.end(), marks[i + 1].start() if i + 1 < len(marks) else len(log))
+                 for i, mark in enumerate(marks)] if marks else [(name, 0, len(log))])
+    parts = {}
+    for part, start, end in sections:
+        summary = SUMMARY.search(log, start, end)
+        if summary is None:  # the part never reached pytest's summary (it crashed, or was cut off)
+            parts[part] = {"counts": "no summary", "seconds": 0.0, "slowest": []}
+            continue
         slowest = sorted(((float(s), f"{phase} {test}") for s, phase, test in DURATION.findall(log, start,
                                                                                              summary.start())),
                          reverse=True)
-        found.append({"counts": summary.group(1), "seconds": float(summary.group(2)),
-                      "slowest": [f"{seconds:.1f} s {what}" for seconds, what in slowest[:10]]})
-        start = summary.end()
+        parts[part] = {"counts": summary.group(1), "seconds": float(summary.group(2)),
+                       "slowest": [f"{seconds:.1f} s {what}" for seconds, what in slowest[:10]]}
     left, named = LEFT.search(log), LEFT_NAMES.search(log)
-    return {"parts": {name: part for name, part in zip(parts, found)} if len(found) == len(parts) else
-            {f"pytest {index + 1}": part for index, part in enumerate(found)},
-            "left": None if left is None else int(left.group(1)), "left_names": named.group(1) if named else "",
+    return {"parts": parts, "left": None if left is None else int(left.group(1)),
+            "left_names": named.group(1) if named else "",
             "check_seconds": None if left is None else float(left.group(2))}
 
 
-def timed(command: list[str], cwd: Path, log: Path, env: dict) -> tuple[int, float, str]:
-    """Run ``command`` with its output in ``log``: (exit status, seconds, output)."""
-    start = time.perf_counter()
+def tree_pss(root: int) -> int:
+    """Bytes of memory that ``root`` and every process under it hold: the sum of their proportional set sizes
+    (PSS: a page shared by n processes counts 1/n in each, so torch's libraries are not counted per process)."""
+    table = processes()
+    tree, grew = {root}, True
+    while grew:
+        below = {p.pid for p in table if p.parent in tree} - tree
+        tree, grew = tree | below, bool(below)
+    total = 0
+    for pid in tree:
+        try:
+            rollup = (PROC / str(pid) / "smaps_rollup").read_text()
+        except OSError:
+            continue  # it ended while being read, or a zombie
+        total += sum(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
+
+
+def timed(command: list[str], cwd: Path, log: Path, env: dict) -> tuple[int, float, float, str]:
+    """Run ``command`` with its output in ``log``: (exit status, seconds, peak GiB of its process tree sampled
+    every second, output)."""
+    start, peak = time.perf_counter(), 0
     with log.open("w") as out:
-        code = subprocess.call(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return code, round(time.perf_counter() - start, 1), log.read_text(errors="replace")
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        while process.poll() is None:
+            peak = max(peak, tree_pss(process.pid))
+            time.sleep(1.0)
+    return (process.returncode, round(time.perf_counter() - start, 1), round(peak / 2**30, 2),
+            log.read_text(errors="replace"))
 
 
 def browser_run(folder: Path, env: dict) -> dict:
-    code, seconds, log = timed([sys.executable, *BROWSER], REPO, folder / "browser.log", env)
-    return {"code": code, "seconds": seconds, **parse(log, ("browser",))}
+    code, seconds, peak, log = timed([sys.executable, *BROWSER], REPO, folder / "browser.log", env)
+    return {"code": code, "seconds": seconds, "peak_gib": peak, **parse(log, "browser")}
 
 
 def suite_run(folder: Path, env: dict) -> dict:
@@ -81,12 +110,13 @@ def suite_run(folder: Path, env: dict) -> dict:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True,
                             check=True).stdout.strip()
-    code, install, log = timed(["make", "venv"], clone, folder / "install.log", env)
+    code, install, _, log = timed(["make", "venv"], clone, folder / "install.log", env)
     if code == 0:
-        code, seconds, log = timed(["make", "test"], clone, folder / "test.log", env)
+        code, seconds, peak, log = timed(["make", "test"], clone, folder / "test.log", env)
     else:
-        seconds = 0.0
-    return {"code": code, "commit": commit, "install_seconds": install, "seconds": seconds, **parse(log, PARTS)}
+        seconds, peak = 0.0, 0.0
+    return {"code": code, "commit": commit, "install_seconds": install, "seconds": seconds, "peak_gib": peak,
+            **parse(log)}
 
 
 KEPT = Path(tempfile.gettempdir()) / "suite-stability-logs"  # the output of every red run
@@ -165,6 +195,13 @@ def render_time(rows: list[dict]) -> str:
     lines += [f"| leftover check | {row['left']} left | {row['check_seconds']} |",
               f"| **make test, in all** (the browser finder and make's own steps included) | | **{total:.0f}** "
               f"({total / 60:.1f} min) |", ""]
+    if "peak_gib" in row:
+        lines += [f"Memory: at its peak, the processes of `make test` held {row['peak_gib']:.1f} GiB (the sum of "
+                  "their proportional set sizes, sampled every second).", ""]
+    added = sum(part["seconds"] for part in row["parts"].values())
+    if added > total:
+        lines += [f"The parts ran side by side (`make test` runs them `PARTS` at a time): their times add up to "
+                  f"{added:.0f} s, more than the whole run.", ""]
     for name, part in row["parts"].items():
         lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"] or ["not timed (no --durations)"]]
         lines.append("")
