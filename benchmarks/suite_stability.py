@@ -135,7 +135,8 @@ def measure(kind: str, runs: int, idle: bool) -> list[dict]:
                 if row["code"] != 0:  # a red run's whole output is the evidence: kept beside the temporary root
                     kept = KEPT / f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
                     kept.parent.mkdir(exist_ok=True)
-                    kept.write_text("".join(log.read_text(errors="replace") for log in sorted(Path(root).glob("*.log"))))
+                    logs = sorted(Path(root).glob("*.log"))
+                    kept.write_text("".join(log.read_text(errors="replace") for log in logs))
                     row["log"] = str(kept)
             finally:
                 if busy is not None:
@@ -203,7 +204,8 @@ def render_time(rows: list[dict]) -> str:
         lines += [f"The parts ran side by side (`make test` runs them `PARTS` at a time): their times add up to "
                   f"{added:.0f} s, more than the whole run.", ""]
     for name, part in row["parts"].items():
-        lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in part["slowest"] or ["not timed (no --durations)"]]
+        slowest = part["slowest"] or ["not timed (no --durations)"]
+        lines += [f"Ten slowest of {name}:", ""] + [f"- {line}" for line in slowest]
         lines.append("")
     lines += ["Every idle run so far, red ones included:", "",
               "| date | commit | verdict | time (s) |", "|---|---|---|---|"]

@@ -104,7 +104,8 @@ def test_the_suites_memory_counts_every_process_under_it(scripts, tmp_path):
     """``tree_pss`` against what was allocated: a child that holds nothing itself, under it a grandchild
     holding 300 MiB written page by page; the tree counts the grandchild, the child's own PSS does not."""
     ready = tmp_path / "ready"
-    grandchild = f"import pathlib, time; b = bytearray(300 * 2**20); pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    grandchild = (f"import pathlib, time; b = bytearray(300 * 2**20); pathlib.Path({str(ready)!r}).touch(); "
+                  "time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
                               f"{grandchild!r}])"], start_new_session=True)
     try:
