@@ -94,8 +94,9 @@ def main() -> None:
         f"it counted attention scores that sdpa never holds (per copy, and the vision tower's full attention "
         f"for every copy although the tower attends one picture at a time), added the vision tower's peak to the "
         f"decoder's although one runs after the other, took 1,176 values per patch for every vision site, and "
-        f"missed the sweep's own batches of pixels (both sides, float32). The sweeps still size their batches by "
-        f"that looser count, so a job within budget holds less than the budget says."
+        f"missed the sweep's own batches of pixels (both sides, float32). The sweeps sized their batches by that "
+        f"looser count until they took this one: now a sweep runs the most copies per pass whose estimate fits "
+        f"its budget (`anatomy.causal.calls.Calls.batch_size`), and the table's batches are those."
     )
     write_section("Plan memory against the measured peak", body)
     print(body)
