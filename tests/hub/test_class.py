@@ -62,7 +62,9 @@ HOG = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution
        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
        "nbformat": 4, "nbformat_minor": 4}  # 4.4: cells without ids
 START = 180  # s for the hub to answer, and for a student's server to start
+KILL = 60  # s for the watchdog to kill the hog's kernel once it runs (4 GiB in 3.2 s, a check every 0.5 s)
 RUN = 420  # s for three runs of 07 at once on a loaded 2-core machine
+LIMIT = 600  # s for the whole test (pytest-timeout; 60 to 110 s here): each wait inside fails first, saying what
 
 
 def needs(what: str) -> None:
@@ -184,12 +186,18 @@ def hub(tmp_path_factory):
 class Student:
     """One student's window. They share the browser's cookies, but JupyterHub's login cookies live under
     ``/hub/`` and each student server's under ``/user/<name>/``: the next student's login replaces only the former,
-    and each window goes on talking to its own student's server, as if from a machine of its own."""
+    and each window goes on talking to its own student's server, as if from a machine of its own.
+
+    Each window acts as the focused window, as it would on its own machine: headless Chromium gives focus to only
+    some of its windows, and in one without it JupyterLab opens a notebook without making it the shell's current
+    widget (its focus tracker never hears a focus event), so the notebook is never "ready" and no command runs in
+    it. That was the fourth window, the hog's: its notebook and kernel were idle, ``currentWidget`` null."""
 
     def __init__(self, driver, hub: Hub, name: str):
         self.driver, self.hub, self.name = driver, hub, name
         driver.switch_to.new_window("window")
         self.handle = driver.current_window_handle
+        driver.execute_cdp_cmd("Emulation.setFocusEmulationEnabled", {"enabled": True})
 
     def js(self, script: str, *args):
         self.driver.switch_to.window(self.handle)
@@ -224,6 +232,7 @@ class Student:
         return self.js("return window.anatomyKernel.statuses")
 
 
+@pytest.mark.timeout(LIMIT)
 def test_three_students_run_07_and_a_killed_kernel_harms_no_one(hub):
     hub, driver = hub
     for name in hub.names:
@@ -236,7 +245,7 @@ def test_three_students_run_07_and_a_killed_kernel_harms_no_one(hub):
         student.open(NOTEBOOK)
     hog = Student(driver, hub, hub.names[-1])  # the same student, another window
     hog.open("hog.ipynb")
-    hog.wait(RUN, "the watchdog to kill hog.ipynb's kernel",
+    hog.wait(KILL, "the watchdog to kill hog.ipynb's kernel",
              lambda: any(status in ("dead", "restarting", "autorestarting") for status in hog.statuses()))
     message = Path(pwd.getpwnam(hog.name).pw_dir, "notebooks", "MEMORY_LIMIT.txt")
     assert f"limit of {CAP_GIB:.2f} GiB per kernel" in message.read_text(), message
