@@ -51,7 +51,7 @@ TAG = "anatomy class"  # the comment field of the users make class creates
 MESSAGE = "MEMORY_LIMIT.txt"  # in the student's notebook folder when the watchdog killed a kernel
 POLL = 0.5  # s between two memory checks
 CAP_GIB = 3.5  # default cap on a kernel with what it started: above every notebook's, 00's kernel with its model
-# server included (2.96 GiB; benchmarks/RESULTS.md, Kernel memory and CPU)
+# server included (2.97 GiB; benchmarks/RESULTS.md, Kernel memory and CPU)
 CULL = 1800  # s after which an idle kernel is shut down: a student holds one kernel per open notebook
 GIB = 2**30
 
