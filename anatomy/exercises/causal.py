@@ -5,6 +5,7 @@ the same experiment run by the package on the objects the notebook names."""
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -28,19 +29,29 @@ from anatomy.toy.edit import free_colours, recolour
 from anatomy.toy.encode import encode
 from anatomy.toy.example import running_example
 from anatomy.toy.experiments import counterfactual, toy_batch
-from anatomy.toy.task import sample
+from anatomy.toy.task import Sample, sample
+
+
+@functools.cache
+def _asked_twice() -> tuple[tuple[Sample, ...], ...]:
+    """The held-out pictures grouped by question, the questions asked of two pictures or more."""
+    by_question: dict[str, list] = {}
+    for s in (sample(0, "test", i) for i in range(300)):
+        by_question.setdefault(s.question, []).append(s)
+    return tuple(tuple(group) for group in by_question.values() if len(group) > 1)
+
+
+def patch_draws(rng: random.Random, layers: int) -> list[tuple[int, int, Sample, Sample]]:
+    """The check's random draws: ``(layer, position, asked, other)`` three times, ``other`` a second held-out
+    picture asked the same question (the last layer, the first, then a random layer and an earlier position)."""
+    paired = _asked_twice()
+    return [(layer, position, *rng.sample(rng.choice(paired), 2))
+            for layer, position in ((layers - 1, -1), (0, -1), (rng.randrange(layers), -rng.randint(2, 6)))]
 
 
 def _patch_cases(rng: random.Random, specimen) -> list[Case]:
-    layers = specimen.config.text_config.num_hidden_layers
-    held_out = [sample(0, "test", i) for i in range(300)]
-    by_question: dict[str, list] = {}
-    for s in held_out:
-        by_question.setdefault(s.question, []).append(s)
-    paired = [group for group in by_question.values() if len(group) > 1]  # a question asked of two pictures
     cases = []
-    for layer, position in ((layers - 1, -1), (0, -1), (rng.randrange(layers), -rng.randint(2, 6))):
-        asked, other = rng.sample(rng.choice(paired), 2)
+    for layer, position, asked, other in patch_draws(rng, specimen.config.text_config.num_hidden_layers):
         batch, source = (_inputs(specimen, s) for s in (asked, other))  # the same question about two pictures
         site = f"decoder.layers.{layer}.output"
         with torch.no_grad(), intervene(specimen, [patch(site, record(specimen, source, site), positions=[position])]):

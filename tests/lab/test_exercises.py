@@ -157,13 +157,19 @@ def test_the_patching_exercise_on_the_toy_catches_a_hook_left_behind():
 
 def test_the_patching_exercise_draws_its_cases_for_any_seed():
     """A notebook's check draws fresh random cases each run: every draw must be a valid pair (the same question,
-    two pictures), or the check cell fails now and then (it did: 1 in about 11 draws found no second picture)."""
+    two pictures), or the check cell fails now and then (it did: 1 in about 11 draws found no second picture).
+    The draws of 300 seeds; the cases they become, for 2 of them."""
     import random
 
     import anatomy
+    from anatomy.exercises.causal import patch_draws
 
+    for seed in range(300):
+        for layer, position, asked, other in patch_draws(random.Random(seed), layers=2):
+            assert asked.question == other.question and asked.scene != other.scene, seed
+            assert 0 <= layer < 2 and -6 <= position <= -1, seed
     toy = anatomy.load("toy")
-    for seed in range(30):
+    for seed in range(2):
         for case in exercise("patch_by_hand").cases(random.Random(seed), specimen=toy):
             batch, source = case.args[1], case.args[2]
             assert torch.equal(batch["input_ids"], source["input_ids"]), seed
@@ -222,9 +228,11 @@ def test_value_exercises_compare_with_what_the_package_computes():
     rows = type("Rows", (), {"layers": [0, 1], "heads": [0, 1, 2]})()
     on_cell = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.1, 0.0]])  # layer 1, head 0 holds the most
     assert judge("busiest_head", (1, 0), rows=rows, on_cell=on_cell).status == "right"
-    assert judge("busiest_head", (0, 2), rows=rows, on_cell=on_cell).hint == "your answer is (0, 2): item 0 is not right"
+    wrong = judge("busiest_head", (0, 2), rows=rows, on_cell=on_cell)
+    assert wrong.hint == "your answer is (0, 2): item 0 is not right"
     assert judge("busiest_head", None, rows=rows, on_cell=on_cell).status == NOT_ANSWERED
-    assert judge("busiest_head", 5, rows=rows, on_cell=on_cell).hint == "your answer is an int; expected a tuple of 2 items"
+    wrong_type = judge("busiest_head", 5, rows=rows, on_cell=on_cell)
+    assert wrong_type.hint == "your answer is an int; expected a tuple of 2 items"
     from anatomy.vision.resize import memory_ratio
 
     ratio = memory_ratio(1080, 1920, 1024 * 28 * 28, 256 * 28 * 28)
