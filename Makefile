@@ -89,8 +89,8 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'  # nnsight, for patching_comparison.py
 	for script in benchmarks/capture_overhead.py benchmarks/vision_attention_memory.py \
 	              benchmarks/attention_memory.py benchmarks/toy_training.py benchmarks/patching_sweep.py \
-	              benchmarks/attribution_agreement.py benchmarks/plan_memory.py benchmarks/patching_comparison.py \
-	              benchmarks/kernel_memory.py; do \
+	              benchmarks/attribution_agreement.py benchmarks/plan_memory.py benchmarks/plan_time.py \
+	              benchmarks/patching_comparison.py benchmarks/kernel_memory.py; do \
 	    $(PY) $$script || exit 1; done
 
 # A class on this machine (docs/class.md): JupyterHub for STUDENTS system users who log in with PASSWORD (a
