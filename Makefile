@@ -47,7 +47,7 @@ DOCTESTED := anatomy/model.py anatomy/processor.py anatomy/capture/orders.py ana
 # Each test has a time limit (pytest-timeout, pyproject.toml); a notebook cell has its own, after which nbval
 # interrupts the kernel and the notebook's later cells are not blamed. Unit tests and notebooks run in JOBS
 # pytest-xdist workers, one file each at a time (a notebook's cells share one kernel); each worker's torch gets
-# its share of the cores. More cores: `make test JOBS=4` (a notebook's kernel needs up to 1.7 GiB).
+# its share of the cores. More cores: `make test JOBS=4` (a notebook's kernel peaks at 1.4 GiB at most).
 JOBS ?= 2
 XDIST := -n $(JOBS) --dist loadfile
 # Each part's report starts with its name: the suite's stability benchmark reads the parts by it.

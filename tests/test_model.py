@@ -1,6 +1,9 @@
 """Where the parts of Qwen2.5-VL sit (against transformers' own attribute paths), token and block kinds,
 selections, and what a Specimen refuses. Released values from docs/FACTS.md."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +93,19 @@ def test_the_untrained_toy_is_labelled_untrained():
     from anatomy.toy import untrained_toy
 
     assert untrained_toy().kind == "untrained"
+
+
+def test_the_package_names_are_imported_on_first_use_and_capture_stays_the_function():
+    """``import anatomy`` imports no torch (the suite's own tools start without it); each package-level name is
+    the object of the module it lives in, and importing the subpackage ``anatomy.capture`` leaves the name
+    ``anatomy.capture`` the function."""
+    import anatomy.capture.hooks  # noqa: F401  (the subpackage, imported by name)
+    from anatomy.capture import capture
+    from anatomy.sources import load
+
+    script = "import sys, anatomy, anatomy.processes; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    assert anatomy.capture is capture and anatomy.load is load and "Specimen" in dir(anatomy)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        anatomy.nothing
