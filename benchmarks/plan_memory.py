@@ -47,8 +47,9 @@ def measure(size: int, sweep: str, options: dict) -> dict:
             "batch": planned.batch_size, "shape": planned.shape}  # fmt: skip
 
 
-def run(size: int, sweep: str, options: dict) -> dict:
-    script = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); from plan_memory import measure; "
+def run(size: int, sweep: str, options: dict, module: str = "plan_memory") -> dict:
+    """One case in a fresh subprocess: ``module.measure(size, sweep, options)`` (plan_time measures the same cases)."""
+    script = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); from {module} import measure; "
               f"print(json.dumps(measure({size}, {sweep!r}, {options!r})))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     if done.returncode != 0:

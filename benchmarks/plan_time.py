@@ -17,13 +17,9 @@ the machine's load, not the estimate.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-from plan_memory import SHAPES, SIZES
+from plan_memory import SHAPES, SIZES, run
 from results import write_section
 
 TARGET = 2.0
@@ -50,15 +46,6 @@ def measure(size: int, sweep: str, options: dict) -> dict:
             "passes": planned.forward_passes, "batch": planned.batch_size}  # fmt: skip
 
 
-def run(size: int, sweep: str, options: dict) -> dict:
-    script = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); from plan_time import measure; "
-              f"print(json.dumps(measure({size}, {sweep!r}, {options!r})))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{sweep} at {size} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     import torch
 
@@ -66,7 +53,7 @@ def main() -> None:
     rows, ratios, loads = [], [], [os.getloadavg()[0]]
     for size in SIZES:
         for name, (sweep, options) in SHAPES.items():
-            case = run(size, sweep, options)
+            case = run(size, sweep, options, module="plan_time")
             loads.append(os.getloadavg()[0])
             ratios.append(case["planned"] / case["wall"])
             timed = case["timing"].removeprefix("one forward pass of ").replace(" measured on cpu", "")
