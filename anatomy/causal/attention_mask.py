@@ -28,8 +28,11 @@ def checked(model: nn.Module, knock: Knockout) -> Knockout:
     return knock
 
 
-def forbidden(knock: Knockout, layout: Layout, config) -> torch.Tensor:
-    """``(B, L, L)``: True where query row i may not attend to key j."""
+def forbid(into: dict[int, torch.Tensor], knock: Knockout, layout: Layout, config, device) -> None:
+    """Add ``knock``'s forbidden pairs to ``into`` (decoder layer -> ``(B, L, L)``, True where query row i may not
+    attend to key j; created on ``device`` at a layer's first knockout). Only the knockout's own rows are written:
+    a sweep's copies each knock out their own cells, and ORing whole ``(B, L, L)`` masks would cost their number
+    times the batch."""
     queries = select.decoder_mask(layout, config, positions=knock.queries, rows=knock.rows)
     if knock.keys == "image":
         keys = (layout.input_ids == config.image_token_id) & select.decoder_mask(layout, config, rows=knock.rows)
@@ -37,7 +40,14 @@ def forbidden(knock: Knockout, layout: Layout, config) -> torch.Tensor:
             keys = select.decoder_mask(layout, config, cells=knock.cells, rows=knock.rows)
     else:
         keys = select.decoder_mask(layout, config, positions=knock.keys, rows=knock.rows)
-    return queries[:, :, None] & keys[:, None, :]
+    rows = (queries.any(1) & keys.any(1)).nonzero().squeeze(1)
+    pairs = (queries[rows, :, None] & keys[rows, None, :]).to(device)
+    rows = rows.to(device)
+    batch, length = layout.input_ids.shape
+    for layer in knock.layers:
+        if layer not in into:
+            into[layer] = torch.zeros(batch, length, length, dtype=torch.bool, device=device)
+        into[layer][rows] |= pairs
 
 
 def mask_hook(call, layer: int):
@@ -49,14 +59,14 @@ def mask_hook(call, layer: int):
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        forbid = call.forbid[layer].to(hidden.device)[:, None]  # (B, 1, L, L)
+        forbidden = call.forbid[layer].to(hidden.device)[:, None]  # (B, 1, L, L)
         if mask is None:  # sdpa without padding: causal only
             length = hidden.shape[1]
             mask = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()[None, None]
         if mask.dtype == torch.bool:
-            mask = mask & ~forbid
+            mask = mask & ~forbidden
         else:
-            mask = mask.masked_fill(forbid, torch.finfo(mask.dtype).min)
+            mask = mask.masked_fill(forbidden, torch.finfo(mask.dtype).min)
         return args, {**kwargs, "attention_mask": mask}
 
     return before

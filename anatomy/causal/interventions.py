@@ -28,7 +28,7 @@ from torch import nn
 
 from anatomy.capture.sites import NONE, Site, resolve
 from anatomy.causal import select
-from anatomy.causal.attention_mask import checked, forbidden, mask_hook
+from anatomy.causal.attention_mask import checked, forbid, mask_hook
 from anatomy.causal.edits import Edit, Knockout, Layout
 from anatomy.model import decoder_layers, unwrap, vision_tower
 
@@ -150,9 +150,7 @@ def _on_call(model: nn.Module, call: _Call, planned: list[_Planned], knockouts: 
                 p.mask = _decoder_mask(p, call.layout, model.config)
         call.forbid = {}  # built once per prompt (and its cells and positions checked), read by every layer's hook
         for knock in knockouts:
-            forbid = forbidden(knock, call.layout, model.config).to(input_ids.device)
-            for layer in knock.layers:
-                call.forbid[layer] = call.forbid[layer] | forbid if layer in call.forbid else forbid
+            forbid(call.forbid, knock, call.layout, model.config, input_ids.device)
 
     return prepare
 
