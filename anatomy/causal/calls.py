@@ -89,13 +89,15 @@ class Calls:
     """A sweep's calls and memory at any batch size. ``passes(size)``: each kind of call and how many; ``memory(size)``:
     the parts held at the peak (bytes, the weights apart); ``copies``: the edited copies (attribution: its (site,
     group) estimates); ``most``: the batch size past which nothing changes (a layout's copies of one site or layer;
-    attribution: a layout's pairs); ``advice``: what to change when refused."""
+    attribution: a layout's pairs); ``advice``: what to change when refused; ``probed``: the sites whose gradients
+    its backward passes take (attribution's)."""
 
     passes: Callable[[int], Counter]
     memory: Callable[[int], dict[str, int]]
     copies: int
     most: int
     advice: str
+    probed: tuple[Site, ...] = ()
 
     def peak(self, size: int) -> int:
         """Bytes held at the peak with ``size`` copies per pass, the weights apart."""
@@ -278,7 +280,7 @@ def attribution_calls(job, groups: int) -> Calls:
         return _peak(peaks)
 
     return Calls(passes, memory, len(job.pairs) * len(job.sites) * groups, max(count for count, _ in layouts),
-                 "attribute fewer sites, or pass a larger budget_gib")  # fmt: skip
+                 "attribute fewer sites, or pass a larger budget_gib", tuple(job.sites))  # fmt: skip
 
 
 def _layer_calls(job, layers: int, groups: int, dense_layers: int, extra, advice: str) -> Calls:

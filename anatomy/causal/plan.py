@@ -2,7 +2,7 @@
 
 >>> p = plan("7B", sweep="patching", image_size=(448, 448), cells="window", device="H100")
 >>> print(p)                         # nothing runs: the 7B is a skeleton on the meta device
->>> p = plan(spec, contrast, ld, sweep="knockout")      # time from one forward pass measured on spec
+>>> p = plan(spec, contrast, ld, sweep="knockout")      # time from one pass measured on spec
 >>> result = p.run()                 # the sweep itself, with exactly the arguments planned
 
 ``sweep`` names the function planned; ``options`` are its own keyword arguments, defaults included:
@@ -19,9 +19,10 @@ What it counts:
   model calls, each full (vision tower and decoder), vision only (the pictures' image tokens, computed
   once for the copies that reuse them) or decoder only. Attribution's backward pass is counted apart.
 - FLOPs: ``anatomy.causal.cost`` per call; a backward as one more forward (gradients of activations only).
-- time: with ``device=None`` on a specimen with weights, one forward pass is run and timed, the vision
-  tower apart: the sweep's heaviest kind of call, on the clean prompt. Every call then takes its FLOPs in
-  the tower and in the decoder at the seconds per FLOP measured there. The pass may be the process's
+- time: with ``device=None`` on a specimen with weights, one pass is run and timed, the vision tower
+  apart: the sweep's heaviest kind of call, on the clean prompt (attribution's: its probed forward pass
+  and its backward, ``measure_rate``). Every call then takes its FLOPs in the tower and in the decoder at
+  the seconds per FLOP measured there. The pass may be the process's
   first, which runs slower: then the estimate is high. Otherwise ``device`` names a GPU of
   ``PEAK_FLOPS`` (default ``"H100"``) run at ``utilisation`` of its dense bf16 peak.
 - peak memory: the weights, what the sweep keeps throughout (pixels, recorded activations, image tokens) and
@@ -47,7 +48,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from anatomy.causal.attribution import attribution
+from anatomy.capture.sites import NONE
+from anatomy.causal.attribution import attribution, probes
+from anatomy.causal.batches import with_image_tokens
 from anatomy.causal.calls import (
     Calls,
     Pass,
@@ -66,7 +69,7 @@ from anatomy.causal.metrics import logit_diff
 from anatomy.causal.sweeps import patching_sweep, position_sweep
 from anatomy.causal.sweeps import plan as check_job
 from anatomy.inputs import demo_image
-from anatomy.model import Specimen, unwrap, vision_tower
+from anatomy.model import Specimen, multimodal, unwrap
 from anatomy.sources import load
 
 SWEEPS = {"patching": patching_sweep, "positions": position_sweep, "attribution": attribution,
@@ -215,7 +218,7 @@ def plan(spec, contrast=None, metric=None, *, sweep: str = "patching", image_siz
     itemsize = unwrap(spec).dtype.itemsize
     weights = sum(p.numel() for p in unwrap(spec).parameters()) * itemsize
     timed_here = device is None and spec.has_weights and not refusal  # a job over budget runs nothing
-    rate, timing = _rate(spec, contrast, passes, None if timed_here else device or "H100", utilisation)
+    rate, timing = _rate(spec, contrast, passes, calls.probed, None if timed_here else device or "H100", utilisation)
     first = contrast.pairs[0]
     (_, rows, cols), length = first.clean.grid_thw[0].tolist(), first.clean["input_ids"].shape[1]
     side = spec.config.vision_config.patch_size
@@ -248,11 +251,12 @@ def _options(sweep: str) -> list[str]:
     return list(inspect.signature(SWEEPS[sweep]).parameters)[3:]
 
 
-def _rate(spec, contrast: Contrast, passes: Counter, device: str | None, utilisation: float) -> tuple[tuple, str]:
-    """Seconds per FLOP in the vision tower and in the decoder: measured by one forward pass on ``spec`` (``device``
-    None), or from ``device``'s peak at ``utilisation``."""
+def _rate(spec, contrast: Contrast, passes: Counter, probed, device: str | None,
+          utilisation: float) -> tuple[tuple, str]:  # fmt: skip
+    """Seconds per FLOP in the vision tower and in the decoder: measured by one pass on ``spec`` (``device`` None,
+    ``measure_rate``), or from ``device``'s peak at ``utilisation``."""
     if device is None:
-        return measure_rate(spec, contrast, passes)
+        return measure_rate(spec, contrast, passes, probed)
     if device not in PEAK_FLOPS:
         raise ValueError(f"device={device!r}; expected one of {sorted(PEAK_FLOPS)}, or None to time a pass here")
     if not 0 < utilisation <= 1:
@@ -261,38 +265,49 @@ def _rate(spec, contrast: Contrast, passes: Counter, device: str | None, utilisa
     return (rate, rate), f"an {device} at {utilisation:.0%} of its {PEAK_FLOPS[device] / 1e12:.0f} TFLOP/s bf16 peak"
 
 
-def measure_rate(spec, contrast: Contrast, passes: Counter) -> tuple[tuple[float, float], str]:
-    """Time one forward pass on ``spec``: as many copies of the first pair's clean prompt as the heaviest call of
-    ``passes`` has rows, through the whole model, the vision tower timed apart. Returns seconds per FLOP in the
-    tower and in the decoder, and what was timed."""
+def measure_rate(spec, contrast: Contrast, passes: Counter, probed=()) -> tuple[tuple[float, float], str]:
+    """Time the heaviest call of ``passes`` as the sweep makes it, on as many copies of the first pair's clean
+    prompt as it has rows: the pictures' image tokens first (the vision tower, timed apart), then the decoder on
+    them. A call with a backward (attribution's) runs with zero probes at the sites ``probed``, then its backward
+    from the last position's logits to the probes; the backward's time is the decoder's until the image tokens'
+    gradient arrives, the tower's after it (vision sites only: otherwise the tower runs without gradients, as in
+    the sweep). Returns seconds per FLOP in the tower and in the decoder, FLOPs counted as ``Pass.parts`` counts
+    them (a backward as one more forward: the no-grad calls of the same sweep are then estimated high, the
+    backward being slower than a forward), and what was timed."""
     config, bare, spent = spec.config, unwrap(spec), {}
-    rows = max(passes, key=lambda p: p.flops(config)).rows
+    heaviest = max(passes, key=lambda p: p.flops(config))
+    rows, backward = heaviest.rows, heaviest.backward
+    through_tower = backward and any(site.order != NONE for site in probed)
     prompt = contrast.pairs[0].clean
     batch = {key: torch.cat([value] * rows) for key, value in prompt.items()}
     (_, height, width), length = prompt.grid_thw[0].tolist(), prompt["input_ids"].shape[1]
     vision, text = Pass(rows, length, height * width, (height, width), vision=True).parts(config)
 
-    def clock(name: str):
-        def hook(*_):
-            _synchronize(spec.device)
-            spent[name] = time.perf_counter()
-        return hook
+    def clock(name: str) -> None:
+        _synchronize(spec.device)
+        spent.setdefault(name, time.perf_counter())
 
-    tower = vision_tower(bare)
-    handles = [tower.register_forward_pre_hook(clock("tower in")), tower.register_forward_hook(clock("tower out"))]
-    try:
-        clock("start")()
-        with torch.no_grad():
-            bare(**batch, logits_to_keep=1)
-        clock("end")()
-    finally:
-        for handle in handles:
-            handle.remove()
-    tower_seconds = spent["tower out"] - spent["tower in"]
-    total = spent["end"] - spent["start"]
-    return ((tower_seconds / vision, (total - tower_seconds) / text),
-            f"one forward pass of {rows} rows measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of it "
-            f"in the vision tower")  # fmt: skip
+    with probes(bare, list(probed) if backward else []) as made:
+        clock("start")
+        with torch.set_grad_enabled(through_tower):
+            images = multimodal(spec).get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+        clock("tower")
+        with torch.set_grad_enabled(backward):
+            logits = bare(**with_image_tokens(batch, images, range(rows)), logits_to_keep=1).logits
+        clock("decoder")
+        if backward:
+            if through_tower:
+                images[0].register_hook(lambda grad: clock("image tokens' gradient"))
+            torch.autograd.grad(logits.float().sum(), [probe for probe, _ in made.values()])
+            clock("backward")
+    tower_seconds = spent["tower"] - spent["start"]
+    total = spent.get("backward", spent["decoder"]) - spent["start"]
+    if through_tower:
+        tower_seconds += spent["backward"] - spent["image tokens' gradient"]
+    rate = tower_seconds / (vision * (1 + through_tower)), (total - tower_seconds) / (text * (1 + backward))
+    kind = "forward and backward pass" if backward else "forward pass"
+    return rate, (f"one {kind} of {rows} rows measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of "
+                  f"it in the vision tower")  # fmt: skip
 
 
 def measured_peak(run, device) -> tuple[object, int]:

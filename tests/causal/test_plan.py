@@ -239,10 +239,31 @@ def test_time_comes_from_one_pass_here_or_a_named_gpus_peak(tiny, contrast, ld):
     with calls(tiny) as seen:
         here = plan(tiny, contrast, ld, sites=SITES, cells="2x2")
     heaviest = max(here.passes, key=lambda p: p.flops(tiny.config))
-    assert seen == [("full", heaviest.rows)] and "measured on cpu" in here.timing and here.seconds > 0
+    assert seen == [("vision only", heaviest.rows), ("decoder only", heaviest.rows)]  # the tower timed apart
+    assert "one forward pass" in here.timing and "measured on cpu" in here.timing and here.seconds > 0
     with calls(tiny) as seen:
         there = plan(tiny, contrast, ld, sites=SITES, cells="2x2", device="A100", utilisation=0.5)
     assert not seen and there.seconds == pytest.approx(there.flops / (312e12 * 0.5))
+
+
+@pytest.mark.parametrize("sites", [["decoder.layers.0.input", "decoder.layers.2.output"], SITES])
+def test_attributions_timing_pass_takes_the_gradients_the_sweep_takes(tiny, contrast, ld, sites, monkeypatch):
+    """The timing pass of an attribution is its probed call with its backward: the same probes' gradients as the
+    sweep's first call takes (through the tower only when a vision site is probed)."""
+    taken, grad = [], torch.autograd.grad
+
+    def recorded(outputs, inputs, *args, **kwargs):
+        taken.append([tuple(probe.shape) for probe in inputs])
+        return grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", recorded)
+    with calls(tiny) as seen:
+        planned = plan(tiny, contrast, ld, sweep="attribution", sites=sites)
+    heaviest = max(planned.passes, key=lambda p: p.flops(tiny.config))
+    assert heaviest.backward and seen == [("vision only", heaviest.rows), ("decoder only", heaviest.rows)]
+    assert "one forward and backward pass" in planned.timing and len(taken) == 1
+    planned.run()
+    assert len(taken) == 1 + len(contrast.groups) and taken[1] == taken[0] and len(taken[0]) == len(sites)
 
 
 def test_sizes_print_in_gib_or_mib():
