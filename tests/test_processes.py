@@ -82,8 +82,8 @@ def test_marked_finds_a_descendant_by_its_environment():
 
 
 def test_run_suite_fails_naming_a_left_process_and_a_left_file(tmp_path, capfd):
-    leaves = f"import subprocess, sys, os; open(os.environ['TMPDIR'] + '/stray.txt', 'w'); " \
-             f"subprocess.Popen(['sleep', '77'], start_new_session=True)"  # fmt: skip
+    leaves = ("import subprocess, sys, os; open(os.environ['TMPDIR'] + '/stray.txt', 'w'); "
+              "subprocess.Popen(['sleep', '77'], start_new_session=True)")
     assert run_suite([sys.executable, "-c", leaves], tmp=tmp_path) == 1
     err = capfd.readouterr().err
     assert "sleep 77" in err and f"file {tmp_path}/stray.txt" in err
