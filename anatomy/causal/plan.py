@@ -306,8 +306,9 @@ def measure_rate(spec, contrast: Contrast, passes: Counter, probed=()) -> tuple[
         tower_seconds += spent["backward"] - spent["image tokens' gradient"]
     rate = tower_seconds / (vision * (1 + through_tower)), (total - tower_seconds) / (text * (1 + backward))
     kind = "forward and backward pass" if backward else "forward pass"
-    return rate, (f"one {kind} of {rows} rows measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of "
-                  f"it in the vision tower")  # fmt: skip
+    rows_text = f"{rows} row{'s' * (rows != 1)}"
+    return rate, (f"one {kind} of {rows_text} measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of it "
+                  f"in the vision tower")  # fmt: skip
 
 
 def measured_peak(run, device) -> tuple[object, int]:
