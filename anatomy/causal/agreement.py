@@ -39,7 +39,7 @@ def answer_attention(spec, contrast: Contrast, layers=None, side: str = "clean",
     for p in contrast.pairs:
         prompt = getattr(p, side)
         with torch.no_grad(), record_attention(spec, prompt, chosen, reduce="mean", budget_bytes=budget_bytes) as rec:
-            unwrap(spec)(**prompt, logits_to_keep=1)
+            unwrap(spec)(**prompt, logits_to_keep=1, use_cache=False)
         rows = rec.result()
         maps.append(torch.stack([image_map(rows, prompt, layer=layer) for layer in chosen]))
     return torch.stack(maps).numpy()

@@ -144,7 +144,7 @@ def _estimate(job: Job, rows: list[int], cell_delta: np.ndarray, position_delta:
     if all(site.order == NONE for site in job.sites):
         inputs = with_image_tokens(target, image_tokens(bare, target), list(range(len(rows))))
     with torch.enable_grad(), probes(bare, job.sites) as made:
-        value = job.metric(bare(**inputs, logits_to_keep=keep).logits, rows)
+        value = job.metric(bare(**inputs, logits_to_keep=keep, use_cache=False).logits, rows)
         grads = torch.autograd.grad(value.sum(), [made[s.name][0] for s in job.sites])
     image = target["input_ids"] == job.spec.config.image_token_id  # (B, L): each row's cells, raster order
     length = getattr(job.pairs[rows[0]], job.target)["input_ids"].shape[1]  # the prompt, answers not appended

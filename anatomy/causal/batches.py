@@ -49,7 +49,7 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def answer_logits(spec, batch: dict[str, torch.Tensor], edits=()) -> torch.Tensor:
     """``(B, vocab)`` float32 logits at the last position (the answer's), with ``edits`` applied."""
     with torch.no_grad(), intervene(spec, list(edits)):
-        return spec.model(**model_inputs(batch), logits_to_keep=1).logits[:, -1].float()
+        return spec.model(**model_inputs(batch), logits_to_keep=1, use_cache=False).logits[:, -1].float()
 
 
 def chunks(count: int, size: int) -> list[np.ndarray]:

@@ -106,11 +106,12 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
         sides, keep = job.sides(rows), job.metric.span(rows, len(rows))
         target = sides["clean"]
         with torch.no_grad():
-            base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep).logits, rows)
+            logits = bare(**sides["corrupted"], logits_to_keep=keep, use_cache=False).logits
+            base["corrupted"][rows] = job.read(logits, rows)
             images = image_tokens(bare, target)
             local = list(range(len(rows)))  # each call's logits read at once: none kept into the next call
             base["clean"][rows] = job.read(bare(**with_image_tokens(target, images, local),
-                                                logits_to_keep=keep).logits, rows)  # fmt: skip
+                                                logits_to_keep=keep, use_cache=False).logits, rows)  # fmt: skip
         passes += 3
         copies = [(p, g) for p in local for g in range(len(groups))]
         for i, layer in enumerate(chosen):
@@ -121,7 +122,8 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
                          for g in sorted({g for _, g in chunk})]  # fmt: skip
                 inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 with torch.no_grad(), intervene(bare, edits):
-                    read = job.read(bare(**inputs, logits_to_keep=keep).logits, [rows[p] for p, _ in chunk])
+                    logits = bare(**inputs, logits_to_keep=keep, use_cache=False).logits
+                    read = job.read(logits, [rows[p] for p, _ in chunk])
                 for (p, g), value in zip(chunk, read):
                     values[rows[p], i, g] = value
                 passes += 1

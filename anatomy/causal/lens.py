@@ -87,7 +87,7 @@ def image_lens(spec, prompt, words=(), chunk: int = 256) -> Lens:
     model = unwrap(spec)
     sites = [f"decoder.layers.{i}.output" for i in range(len(decoder_layers(spec)))]
     with torch.no_grad(), capture(model, sites) as cache:
-        model(**prompt, logits_to_keep=1)
+        model(**prompt, logits_to_keep=1, use_cache=False)
     image = prompt["input_ids"][0].cpu() == spec.config.image_token_id  # (S,)
     stream = torch.cat([cache[site][0, image] for site in sites])  # (layers * cells, D), each layer in raster order
     wanted = torch.tensor(ids, dtype=torch.long)

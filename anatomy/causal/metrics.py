@@ -203,7 +203,7 @@ def measure(spec, batch: Mapping, metric, rows=None) -> tuple[torch.Tensor, torc
     size = len(batch["input_ids"])
     inputs, span = metric.extend(batch, rows), metric.span(rows, size)
     with torch.no_grad():
-        logits = unwrap(spec)(**inputs, logits_to_keep=span).logits  # (B, span, vocab)
+        logits = unwrap(spec)(**inputs, logits_to_keep=span, use_cache=False).logits  # (B, span, vocab)
     return metric(logits, rows), logits[:, 0].argmax(-1)
 
 

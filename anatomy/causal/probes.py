@@ -91,7 +91,7 @@ def features(spec, prompts, sites: list[str], pool: str = "cell", batch_size: in
         batch = {k: torch.cat([prompts[r][k] for r in rows]).to(model.device) for k in prompts[rows[0]]}
         (cells_down, cells_across), image = grids[rows[0]], batch["input_ids"][0] == image_id  # (S,)
         with torch.no_grad(), fast_vision(model), capture(model, [s.name for s in chosen]) as cache:
-            model(**batch, logits_to_keep=1)
+            model(**batch, logits_to_keep=1, use_cache=False)
             for site in chosen:
                 tensor = cache[site.name].float()
                 if site.order == NONE:  # decoder side: (B, S, D) -> each row's image tokens, raster order

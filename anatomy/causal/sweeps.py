@@ -91,7 +91,7 @@ class Job:
         to the target's positions (``moved``; zeros where a target position has no counterpart, never patched)."""
         bare = unwrap(self.spec)
         with torch.no_grad(), capture(bare, [s.name for s in self.sites], device=None, order="model") as cache:
-            logits = bare(**sides[self.source], logits_to_keep=keep).logits
+            logits = bare(**sides[self.source], logits_to_keep=keep, use_cache=False).logits
         where = self.moved(rows, sides[self.target]["input_ids"].shape[1]).to(logits.device)
         batch = torch.arange(len(rows), device=logits.device)[:, None]
         tensors = {}
@@ -177,7 +177,7 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
         images = image_tokens(bare, target)
         with torch.no_grad():
             base[job.target][rows] = job.read(bare(**with_image_tokens(target, images, list(range(len(rows)))),
-                                                   logits_to_keep=keep).logits, rows)  # fmt: skip
+                                                   logits_to_keep=keep, use_cache=False).logits, rows)  # fmt: skip
         passes += 3
         local = {r: i for i, r in enumerate(rows)}
         for s, site in enumerate(job.sites):
@@ -189,7 +189,7 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
                 edits = _edits([variants[v][2] for v in chosen], site.name, one.take(copies))
                 inputs = take(target, copies) if site.order != NONE else with_image_tokens(target, images, copies)
                 with torch.no_grad(), intervene(bare, edits):
-                    logits = bare(**inputs, logits_to_keep=keep).logits
+                    logits = bare(**inputs, logits_to_keep=keep, use_cache=False).logits
                 values[chosen] = job.read(logits, [rows[c] for c in copies])
                 passes += 1
     return values, {**base, "passes": passes}
