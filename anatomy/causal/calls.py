@@ -201,7 +201,8 @@ def patching_calls(job, groups: int | None) -> Calls:
     position with a counterpart), per layout: the source run, the target's image tokens, the unpatched target, then
     each site's copies, ``size`` at a time. Held: the recorded activations (moved to the target's positions: a
     second copy while moving), the image tokens, and the largest call, a copy's recorded value and its edited
-    activation with it."""
+    activation with it, and each distinct selection's boolean mask over the batch's tokens or patches (at most one
+    per copy: a position sweep's copies each patch their own position)."""
     call = functools.lru_cache(maxsize=None)(functools.partial(_call, job))  # thousands of copies, a few kinds
     layouts = []
     for rows in job.contrast.groups:
@@ -232,7 +233,8 @@ def patching_calls(job, groups: int | None) -> Calls:
         for rows, shape, common, target, copies, ones, _, recorded, unedited in layouts:
             largest, chunk = max([recorded] + [call(p) for p in unedited]), min(size, copies)
             for vision, one in ones.items() if chunk else ():
-                largest = max(largest, call(Pass(chunk, target, vision=vision, **common)) + 2 * chunk * one)
+                masks = chunk * chunk * (shape["patches"] if vision else target)  # a (batch,) mask per selection
+                largest = max(largest, call(Pass(chunk, target, vision=vision, **common)) + 2 * chunk * one + masks)
             images = _image_tokens(job, len(rows), shape)
             peaks.append(Counter({"pixels": _pixels(len(rows), shape), "recorded activations": recorded,
                                   "image tokens": images, "largest pass": largest}))  # fmt: skip

@@ -146,10 +146,12 @@ def vision_row_bytes(config, patches: int, itemsize: int) -> int:
 
 def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: bool = False) -> int:
     """Peak bytes one prompt of ``tokens`` tokens holds in a forward pass of the decoder, without gradients: the
-    input embeddings, the residual and an edited copy of it, then the widest stage of a layer: attention (normed
-    input, q/k/v, the rotary's products, the output and its projection; keys and values repeated to every head
-    under eager or a mask, and eager's scores and float32 softmax) or the MLP; and the ``keep`` positions' logits
-    with a float32 softmax of them. ``masked``: the kernel gets a dense mask (attention knockout)."""
+    input embeddings, the residual and an edited copy of it, the rotary's cosines and sines (alive through every
+    layer), then the widest stage of a layer: attention (normed input, q/k/v, the rotary's products, the output
+    and its projection; keys and values repeated to every head under eager or a mask, and eager's scores and
+    float32 softmax) or the MLP; and the ``keep`` positions' logits with a float32 softmax of them. ``masked``:
+    the kernel gets a dense mask (attention knockout). No KV cache: the sweeps call the model with
+    ``use_cache=False``."""
     t = text_config(config)
     width, inner, heads = t.hidden_size, t.intermediate_size, t.num_attention_heads
     kv = t.num_key_value_heads * width // heads
@@ -158,7 +160,8 @@ def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: boo
     if eager:  # each query's row of the causal mask, its scores and their float32 softmax
         attention += tokens * itemsize + heads * tokens * (itemsize + max(itemsize, FLOAT32))
     mlp = (width + 3 * inner) * itemsize
-    per_token = 3 * width * itemsize + max(attention, mlp)
+    rotary = 2 * (width // heads) * itemsize
+    per_token = (3 * width * itemsize + rotary) + max(attention, mlp)
     return int(tokens * per_token + keep * t.vocab_size * (itemsize + FLOAT32))
 
 
@@ -175,14 +178,17 @@ def eager_vision_bytes(config, grid: tuple[int, int], itemsize: int) -> int:
 def pass_bytes(config, rows: int, tokens: int, patches: int, grid: tuple[int, int], keep: int, vision: bool,
                decoder: bool, itemsize: int, masked: bool = False) -> int:  # fmt: skip
     """Peak bytes of one forward pass without gradients over ``rows`` prompts: the tower's peak or the decoder's,
-    whichever is larger, with what the tower hands the decoder (pixels, its last hidden states, image tokens)."""
-    v = config.vision_config
+    whichever is larger, with what the tower hands the decoder (pixels, its last hidden states, image tokens), or
+    without the tower (image tokens given) the image tokens the model concatenates."""
+    v, width = config.vision_config, text_config(config).hidden_size
     tower = 0
     if vision:
         tower = rows * vision_row_bytes(config, patches, itemsize) + eager_vision_bytes(config, grid, itemsize)
-    handed = rows * patches * (PIXEL_VALUES * FLOAT32 + (v.hidden_size + text_config(config).hidden_size) * itemsize)
+        handed = rows * patches * (PIXEL_VALUES * FLOAT32 + (v.hidden_size + width) * itemsize)
+    else:
+        handed = rows * patches // v.spatial_merge_size**2 * width * itemsize
     text = rows * decoder_row_bytes(config, tokens, keep, itemsize, masked) if decoder else 0
-    return max(tower, text + (handed if vision else 0))
+    return max(tower, text + handed)
 
 
 def graph_bytes(config, tokens: int, patches: int, grid: tuple[int, int], keep: int, vision: bool,
