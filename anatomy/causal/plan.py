@@ -267,21 +267,24 @@ def _rate(spec, contrast: Contrast, passes: Counter, probed, device: str | None,
 
 def measure_rate(spec, contrast: Contrast, passes: Counter, probed=()) -> tuple[tuple[float, float], str]:
     """Time the heaviest call of ``passes`` as the sweep makes it, on as many copies of the first pair's clean
-    prompt as it has rows: the pictures' image tokens first (the vision tower, timed apart), then the decoder on
-    them. A call with a backward (attribution's) runs with zero probes at the sites ``probed``, then its backward
-    from the last position's logits to the probes; the backward's time is the decoder's until the image tokens'
-    gradient arrives, the tower's after it (vision sites only: otherwise the tower runs without gradients, as in
-    the sweep). Returns seconds per FLOP in the tower and in the decoder, FLOPs counted as ``Pass.parts`` counts
-    them (a backward as one more forward: the no-grad calls of the same sweep are then estimated high, the
-    backward being slower than a forward), and what was timed."""
+    prompt as it has rows: the pictures' image tokens first (the vision tower, timed apart, on as many pictures
+    as the heaviest call that runs it: a decoder-only call's copies reuse their pictures' tokens), then the
+    decoder on them. A call with a backward (attribution's) runs with zero probes at the sites ``probed``, then
+    its backward from the last position's logits to the probes; the backward's time is the decoder's until the
+    image tokens' gradient arrives, the tower's after it (vision sites only: otherwise the tower runs without
+    gradients, as in the sweep). Returns seconds per FLOP in the tower and in the decoder, FLOPs counted as
+    ``Pass.parts`` counts them (a backward as one more forward: the no-grad calls of the same sweep are then
+    estimated high, the backward being slower than a forward), and what was timed."""
     config, bare, spent = spec.config, unwrap(spec), {}
     heaviest = max(passes, key=lambda p: p.flops(config))
     rows, backward = heaviest.rows, heaviest.backward
+    pictures = rows if heaviest.vision else max(p.rows for p in passes if p.vision)  # the tower's largest call
     through_tower = backward and any(site.order != NONE for site in probed)
     prompt = contrast.pairs[0].clean
-    batch = {key: torch.cat([value] * rows) for key, value in prompt.items()}
+    batch = {key: torch.cat([value] * pictures) for key, value in prompt.items()}
     (_, height, width), length = prompt.grid_thw[0].tolist(), prompt["input_ids"].shape[1]
-    vision, text = Pass(rows, length, height * width, (height, width), vision=True).parts(config)
+    vision = Pass(pictures, 0, height * width, (height, width), vision=True, decoder=False).parts(config)[0]
+    text = Pass(rows, length, height * width, (height, width), vision=False).parts(config)[1]
 
     def clock(name: str) -> None:
         _synchronize(spec.device)
@@ -293,7 +296,8 @@ def measure_rate(spec, contrast: Contrast, passes: Counter, probed=()) -> tuple[
             images = multimodal(spec).get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
         clock("tower")
         with torch.set_grad_enabled(backward):
-            logits = bare(**with_image_tokens(batch, images, range(rows)), logits_to_keep=1).logits
+            copies = [row % pictures for row in range(rows)]  # decoder-only copies share their pictures' tokens
+            logits = bare(**with_image_tokens(batch, images, copies), logits_to_keep=1, use_cache=False).logits
         clock("decoder")
         if backward:
             if through_tower:
@@ -307,8 +311,9 @@ def measure_rate(spec, contrast: Contrast, passes: Counter, probed=()) -> tuple[
     rate = tower_seconds / (vision * (1 + through_tower)), (total - tower_seconds) / (text * (1 + backward))
     kind = "forward and backward pass" if backward else "forward pass"
     rows_text = f"{rows} row{'s' * (rows != 1)}"
+    tower_text = f"in the vision tower on {pictures} picture{'s' * (pictures != 1)}"
     return rate, (f"one {kind} of {rows_text} measured on {spec.device}: {total:.3g} s, {tower_seconds:.3g} s of it "
-                  f"in the vision tower")  # fmt: skip
+                  f"{tower_text}")  # fmt: skip
 
 
 def measured_peak(run, device) -> tuple[object, int]:

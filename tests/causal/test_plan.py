@@ -120,6 +120,19 @@ def test_plan_counts_every_call_and_row_the_sweep_makes(tiny, contrast, ld, swee
         assert max(rows for _, rows in seen) == planned.batch_size < planned.copies // len(contrast.pairs)
 
 
+@pytest.mark.parametrize("sweep, options", CASES[1:3] + CASES[4:6] + CASES[7:])
+def test_the_sweeps_call_the_model_without_a_kv_cache(tiny, contrast, ld, sweep, options):
+    """A sweep reads logits only: a KV cache (every layer's keys and values, per row) is memory the plan does not
+    count, and on the 7B it outweighs a row's activations."""
+    asked = []
+    handle = unwrap(tiny).register_forward_pre_hook(lambda m, a, k: asked.append(k.get("use_cache")), with_kwargs=True)
+    try:
+        plan(tiny, contrast, ld, sweep=sweep, device="H100", **options).run()
+    finally:
+        handle.remove()
+    assert asked and set(asked) == {False}
+
+
 @pytest.mark.parametrize("kernel", ["tiny", "eager"])  # the fixtures: tiny on sdpa, on eager attention
 @pytest.mark.parametrize("sweep, options", CASES)
 def test_the_plans_peak_bounds_the_peak_the_sweep_reaches(request, painted, sweep, options, kernel):
@@ -239,7 +252,7 @@ def test_time_comes_from_one_pass_here_or_a_named_gpus_peak(tiny, contrast, ld):
     with calls(tiny) as seen:
         here = plan(tiny, contrast, ld, sites=SITES, cells="2x2")
     heaviest = max(here.passes, key=lambda p: p.flops(tiny.config))
-    assert seen == [("vision only", heaviest.rows), ("decoder only", heaviest.rows)]  # the tower timed apart
+    assert heaviest.vision and seen == [("vision only", heaviest.rows), ("decoder only", heaviest.rows)]
     assert "one forward pass" in here.timing and "measured on cpu" in here.timing and here.seconds > 0
     with calls(tiny) as seen:
         there = plan(tiny, contrast, ld, sites=SITES, cells="2x2", device="A100", utilisation=0.5)
@@ -264,6 +277,18 @@ def test_attributions_timing_pass_takes_the_gradients_the_sweep_takes(tiny, cont
     assert "one forward and backward pass" in planned.timing and len(taken) == 1
     planned.run()
     assert len(taken) == 1 + len(contrast.groups) and taken[1] == taken[0] and len(taken[0]) == len(sites)
+
+
+def test_a_decoder_only_sweep_is_timed_on_the_pictures_the_sweep_runs_the_tower_on(tiny, contrast, ld):
+    """Positions: every copy runs the decoder on its pair's image tokens, computed once; the timing pass runs the
+    tower on as many pictures as the sweep's largest call of it (one pair per layout here), not one per copy."""
+    with calls(tiny) as seen:
+        planned = plan(tiny, contrast, ld, sweep="positions", sites=SITES[1:])
+    heaviest = max(planned.passes, key=lambda p: p.flops(tiny.config))
+    pictures = max(p.rows for p in planned.passes if p.vision)
+    assert not heaviest.vision and pictures < heaviest.rows
+    assert seen == [("vision only", pictures), ("decoder only", heaviest.rows)]
+    assert f"of {heaviest.rows} rows" in planned.timing and f"on {pictures} picture" in planned.timing
 
 
 def test_sizes_print_in_gib_or_mib():
