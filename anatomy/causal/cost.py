@@ -35,6 +35,10 @@ H200_BF16_FLOPS = 989e12  # dense bf16 peak, FLOP/s (the H100's is the same)
 PEAK_FLOPS = {"H100": H200_BF16_FLOPS, "H200": H200_BF16_FLOPS, "A100": 312e12}  # dense bf16 peaks, FLOP/s
 PIXEL_VALUES = 3 * 2 * 14 * 14  # values per patch in pixel_values (float32 from the processor)
 FLOAT32 = 4
+# Bytes per token of a call's int64 ids, attention mask, token types and the rotary's three position ids, the
+# image tokens' boolean masks and a recording's ids taken for the copies: 58, counted tensor by tensor in a
+# decoder-only call of tiny (a position sweep's 128 copies of a 1,051-token prompt), rounded up.
+BOOKKEEPING = 64
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,11 @@ def vision_row_bytes(config, patches: int, itemsize: int) -> int:
 def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: bool = False) -> int:
     """Peak bytes one prompt of ``tokens`` tokens holds in a forward pass of the decoder, without gradients: the
     input embeddings, the residual and an edited copy of it, the rotary's cosines and sines (alive through every
-    layer), then the widest stage of a layer: attention (normed input, q/k/v, the rotary's products, the output
-    and its projection; keys and values repeated to every head under eager or a mask, and eager's scores and
-    float32 softmax) or the MLP; and the ``keep`` positions' logits with a float32 softmax of them. ``masked``:
-    the kernel gets a dense mask (attention knockout). No KV cache: the sweeps call the model with
-    ``use_cache=False``."""
+    layer), ``BOOKKEEPING`` bytes per token, then the widest stage of a layer: attention (normed input, q/k/v,
+    the rotary's products, the output and its projection; keys and values repeated to every head under eager or
+    a mask, and eager's scores and float32 softmax) or the MLP, or after the last layer the ``keep`` positions'
+    logits with a float32 softmax of them, whichever is larger. ``masked``: the kernel gets a dense mask
+    (attention knockout). No KV cache: the sweeps call the model with ``use_cache=False``."""
     t = text_config(config)
     width, inner, heads = t.hidden_size, t.intermediate_size, t.num_attention_heads
     kv = t.num_key_value_heads * width // heads
@@ -161,8 +165,8 @@ def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: boo
         attention += tokens * itemsize + heads * tokens * (itemsize + max(itemsize, FLOAT32))
     mlp = (width + 3 * inner) * itemsize
     rotary = 2 * (width // heads) * itemsize
-    per_token = (3 * width * itemsize + rotary) + max(attention, mlp)
-    return int(tokens * per_token + keep * t.vocab_size * (itemsize + FLOAT32))
+    held = tokens * (3 * width * itemsize + rotary + BOOKKEEPING)
+    return int(held + max(tokens * max(attention, mlp), keep * t.vocab_size * (itemsize + FLOAT32)))
 
 
 def eager_vision_bytes(config, grid: tuple[int, int], itemsize: int) -> int:
