@@ -106,8 +106,8 @@ def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
         sides, keep, local = job.sides(rows), job.metric.span(rows, len(rows)), list(range(len(rows)))
         target = sides["clean"]
         with torch.no_grad(), head_outputs(bare, recorded) as source:
-            logits = bare(**sides["corrupted"], logits_to_keep=keep, use_cache=False).logits
-            base["corrupted"][rows] = job.read(logits, rows)
+            base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep,
+                                                    use_cache=False).logits, rows)  # fmt: skip
         with torch.no_grad(), head_outputs(bare, recorded) as own:
             images = image_tokens(bare, target)
             base["clean"][rows] = job.read(bare(**with_image_tokens(target, images, local),
@@ -121,8 +121,8 @@ def head_sweep(spec, contrast, metric, layers=None, ablation: str = "zero",
                 inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 edits = _edits(bare, layer, chunk, inputs, own.get(layer), wanted)
                 with torch.no_grad(), intervene(bare, edits):
-                    logits = bare(**inputs, logits_to_keep=keep, use_cache=False).logits
-                    read = job.read(logits, [rows[p] for p, _ in chunk])
+                    read = job.read(bare(**inputs, logits_to_keep=keep, use_cache=False).logits,
+                                    [rows[p] for p, _ in chunk])  # fmt: skip
                 for (p, h), value in zip(chunk, read):
                     values[rows[p], i, h] = value
                 passes += 1

@@ -106,8 +106,8 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
         sides, keep = job.sides(rows), job.metric.span(rows, len(rows))
         target = sides["clean"]
         with torch.no_grad():
-            logits = bare(**sides["corrupted"], logits_to_keep=keep, use_cache=False).logits
-            base["corrupted"][rows] = job.read(logits, rows)
+            base["corrupted"][rows] = job.read(bare(**sides["corrupted"], logits_to_keep=keep,
+                                                    use_cache=False).logits, rows)  # fmt: skip
             images = image_tokens(bare, target)
             local = list(range(len(rows)))  # each call's logits read at once: none kept into the next call
             base["clean"][rows] = job.read(bare(**with_image_tokens(target, images, local),
@@ -122,8 +122,8 @@ def knockout_sweep(spec, contrast, metric, layers=None, cells=IMAGE,
                          for g in sorted({g for _, g in chunk})]  # fmt: skip
                 inputs = with_image_tokens(target, images, [p for p, _ in chunk])
                 with torch.no_grad(), intervene(bare, edits):
-                    logits = bare(**inputs, logits_to_keep=keep, use_cache=False).logits
-                    read = job.read(logits, [rows[p] for p, _ in chunk])
+                    read = job.read(bare(**inputs, logits_to_keep=keep, use_cache=False).logits,
+                                    [rows[p] for p, _ in chunk])  # fmt: skip
                 for (p, g), value in zip(chunk, read):
                     values[rows[p], i, g] = value
                 passes += 1

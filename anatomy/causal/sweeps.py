@@ -188,9 +188,9 @@ def patched_values(job: Job, variants: list[tuple[int, int, tuple]], size: int) 
                 copies = [local[variants[v][0]] for v in chosen]
                 edits = _edits([variants[v][2] for v in chosen], site.name, one.take(copies))
                 inputs = take(target, copies) if site.order != NONE else with_image_tokens(target, images, copies)
-                with torch.no_grad(), intervene(bare, edits):
-                    logits = bare(**inputs, logits_to_keep=keep, use_cache=False).logits
-                values[chosen] = job.read(logits, [rows[c] for c in copies])
+                with torch.no_grad(), intervene(bare, edits):  # the logits read at once: none kept into the next call
+                    values[chosen] = job.read(bare(**inputs, logits_to_keep=keep, use_cache=False).logits,
+                                              [rows[c] for c in copies])  # fmt: skip
                 passes += 1
     return values, {**base, "passes": passes}
 
