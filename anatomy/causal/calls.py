@@ -170,7 +170,7 @@ def site_bytes(spec, site: Site, tokens: int, patches: int) -> int:
 def _call(job, p: Pass, masked: bool = False) -> int:
     """Peak bytes of the no-grad call ``p`` (``anatomy.causal.cost.pass_bytes``)."""
     return pass_bytes(job.spec.config, p.rows, p.tokens, p.patches, p.grid, p.keep, p.vision, p.decoder,
-                      unwrap(job.spec).dtype.itemsize, masked)  # fmt: skip
+                      unwrap(job.spec).dtype.itemsize, masked, job.metric.copies_logits)  # fmt: skip
 
 
 def _image_tokens(job, rows: int, shape: dict) -> int:

@@ -148,14 +148,16 @@ def vision_row_bytes(config, patches: int, itemsize: int) -> int:
     return patches * (pixels + max(attention, mlp, embed))
 
 
-def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: bool = False) -> int:
+def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: bool = False,
+                      softmax: bool = True) -> int:  # fmt: skip
     """Peak bytes one prompt of ``tokens`` tokens holds in a forward pass of the decoder, without gradients: the
     input embeddings, the residual and an edited copy of it, the rotary's cosines and sines (alive through every
     layer), ``BOOKKEEPING`` bytes per token, then the widest stage of a layer: attention (normed input, q/k/v,
     the rotary's products, the output and its projection; keys and values repeated to every head under eager or
     a mask, and eager's scores and float32 softmax) or the MLP, or after the last layer the ``keep`` positions'
-    logits with a float32 softmax of them, whichever is larger. ``masked``: the kernel gets a dense mask
-    (attention knockout). No KV cache: the sweeps call the model with ``use_cache=False``."""
+    logits, their float32 copy (the metric reads float32: none when they are) and the metric's float32 softmax
+    of them (``softmax``), whichever is larger. ``masked``: the kernel gets a dense mask (attention knockout). No
+    KV cache: the sweeps call the model with ``use_cache=False``."""
     t = text_config(config)
     width, inner, heads = t.hidden_size, t.intermediate_size, t.num_attention_heads
     kv = t.num_key_value_heads * width // heads
@@ -166,7 +168,8 @@ def decoder_row_bytes(config, tokens: int, keep: int, itemsize: int, masked: boo
     mlp = (width + 3 * inner) * itemsize
     rotary = 2 * (width // heads) * itemsize
     held = tokens * (3 * width * itemsize + rotary + BOOKKEEPING)
-    return int(held + max(tokens * max(attention, mlp), keep * t.vocab_size * (itemsize + FLOAT32)))
+    logits = keep * t.vocab_size * (itemsize + (FLOAT32 if itemsize != FLOAT32 else 0) + (FLOAT32 if softmax else 0))
+    return int(held + max(tokens * max(attention, mlp), logits))
 
 
 def eager_vision_bytes(config, grid: tuple[int, int], itemsize: int) -> int:
@@ -180,10 +183,11 @@ def eager_vision_bytes(config, grid: tuple[int, int], itemsize: int) -> int:
 
 
 def pass_bytes(config, rows: int, tokens: int, patches: int, grid: tuple[int, int], keep: int, vision: bool,
-               decoder: bool, itemsize: int, masked: bool = False) -> int:  # fmt: skip
+               decoder: bool, itemsize: int, masked: bool = False, softmax: bool = True) -> int:  # fmt: skip
     """Peak bytes of one forward pass without gradients over ``rows`` prompts: the tower's peak or the decoder's,
     whichever is larger, with what the tower hands the decoder (pixels, its last hidden states, image tokens), or
-    without the tower (image tokens given) the image tokens the model concatenates."""
+    without the tower (image tokens given) the image tokens the model concatenates. ``softmax``: the metric makes
+    a float32 softmax of the logits (``anatomy.causal.metrics.Metric.copies_logits``)."""
     v, width = config.vision_config, text_config(config).hidden_size
     tower = 0
     if vision:
@@ -191,7 +195,7 @@ def pass_bytes(config, rows: int, tokens: int, patches: int, grid: tuple[int, in
         handed = rows * patches * (PIXEL_VALUES * FLOAT32 + (v.hidden_size + width) * itemsize)
     else:
         handed = rows * patches // v.spatial_merge_size**2 * width * itemsize
-    text = rows * decoder_row_bytes(config, tokens, keep, itemsize, masked) if decoder else 0
+    text = rows * decoder_row_bytes(config, tokens, keep, itemsize, masked, softmax) if decoder else 0
     return max(tower, text + handed)
 
 

@@ -84,12 +84,16 @@ class Metric:
         read: ``(logits (B, n, vocab) float32, *answer ids (B, n)) -> (B,)``, n = ``span``.
         answers: the answers it reads, as token ids (``Answer``).
         forced: teacher forcing: the first answer's tokens are fed after the prompt (``extend``).
+        copies_logits: whether ``read`` makes a vocabulary-wide float32 tensor of its own (a softmax); the memory a
+            plan counts for the logits (``anatomy.causal.cost.decoder_row_bytes``). True for a function of the
+            user's, which may.
     """
 
     name: str
     read: Callable[..., torch.Tensor]
     answers: tuple[Answer, ...] = ()
     forced: bool = False
+    copies_logits: bool = True
 
     def check_rows(self, count: int) -> None:
         """Refuse per-row answers whose number is not ``count``, the rows (or pairs) measured."""
@@ -168,7 +172,8 @@ def _log_prob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def logit_diff(spec, good, bad) -> Metric:
     """``logit(good) - logit(bad)`` for the next token: each answer one token (a string, or one per row)."""
     answers = _answer(spec, good, True, "logit_diff"), _answer(spec, bad, True, "logit_diff")
-    return Metric(f"logit({_label(answers[0])}) - logit({_label(answers[1])})", _logit_diff, answers)
+    return Metric(f"logit({_label(answers[0])}) - logit({_label(answers[1])})", _logit_diff, answers,
+                  copies_logits=False)  # fmt: skip
 
 
 def probability(spec, text) -> Metric:
