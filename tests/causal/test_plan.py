@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import anatomy
-from anatomy.causal import Contrast, logit_diff, pair
+from anatomy.causal import Contrast, logit_diff, pair, probability
 from anatomy.causal.calls import least_budget
 from anatomy.causal.cost import PEAK_FLOPS, decoder_flops, vision_flops
 from anatomy.causal.plan import SWEEPS, countable, measured_peak, plan, size_text, sweep_calls
@@ -145,6 +145,18 @@ def test_the_plans_peak_bounds_the_peak_the_sweep_reaches(request, painted, swee
     _, peak = measured_peak(planned.run, "cpu")
     estimate = planned.peak_bytes - planned.memory["weights"]
     assert peak <= estimate <= 2 * peak
+
+
+@pytest.mark.parametrize("kernel", ["tiny", "eager"])
+def test_a_softmax_metrics_peak_is_bounded_too(request, painted, kernel):
+    """``probability`` makes a float32 softmax of the logits, which ``logit_diff`` does not: on a picture this small
+    the logits' stage is a call's peak, and the plan must count the softmax to bound it."""
+    spec = request.getfixturevalue(kernel)
+    pairs = [pair(spec, painted(112, 168), QUESTION, corrupted_image=painted(112, 168, box=(0, 56, 28, 84)))]
+    planned = plan(spec, Contrast(pairs), probability(spec, "red"), sweep="positions", device="H100",
+                   sites=SITES[1:], budget_gib=0.03)  # fmt: skip
+    _, peak = measured_peak(planned.run, "cpu")
+    assert peak <= planned.peak_bytes - planned.memory["weights"] <= 2 * peak
 
 
 @pytest.mark.parametrize("sweep", ["patching", "attribution", "knockout", "heads"])
