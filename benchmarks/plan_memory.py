@@ -1,4 +1,4 @@
-"""The plan's peak-memory estimate against the measured peak: tiny at 448 x 448 and 896 x 896, four sweep shapes.
+"""The plan's peak-memory estimate against the measured peak: tiny at 448 x 448 and 896 x 896, seven sweep shapes.
 
 Each case runs in a fresh subprocess, one torch thread: ``plan(...)`` (on an H100's numbers, so no timing pass
 runs), then ``Plan.run()`` measured by ``anatomy.causal.plan.measured_peak``: the largest running sum of torch's
@@ -23,11 +23,14 @@ from pathlib import Path
 from results import write_section
 
 SIZES = (448, 896)
-SHAPES = {  # sweep, its options
+SHAPES = {  # sweep, its options: each kind of call the tests' plans make (tests/causal/test_plan.py's CASES)
     "cell patching": ("patching", {"sites": ["vision.blocks.1.output", "decoder.layers.2.input"], "cells": "window"}),
+    "positions": ("positions", {"sites": ["decoder.layers.2.input"]}),
     "attribution": ("attribution", {}),
+    "attribution (decoder sites)": ("attribution", {"sites": ["decoder.layers.0.input", "decoder.layers.2.output"]}),
     "knockout": ("knockout", {"cells": "window"}),
     "heads (patch)": ("heads", {"ablation": "patch"}),
+    "heads (zero)": ("heads", {"ablation": "zero"}),
 }
 TARGET = 1.5
 

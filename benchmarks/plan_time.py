@@ -1,8 +1,8 @@
 """The plan's time estimate against the measured time: plan_memory.py's cases (tiny at 448 x 448 and 896 x 896,
-four sweep shapes), each timed on this CPU.
+seven sweep shapes), each timed on this CPU.
 
 Each case runs in a fresh subprocess, one torch thread, as a user's session would: ``plan(...)`` with
-``device=None`` (its one timing pass runs here, the process's first forward pass), then ``Plan.run()`` timed
+``device=None`` (its one timing pass runs here, the process's first), then ``Plan.run()`` timed
 by ``time.perf_counter()``, without the profiler that plan_memory.py measures memory with (it slows a run).
 The run's CPU time (``time.process_time()``) is reported beside its wall time: with one thread, a gap between
 the two is time the machine gave to other processes.
@@ -56,7 +56,8 @@ def main() -> None:
             case = run(size, sweep, options, module="plan_time")
             loads.append(os.getloadavg()[0])
             ratios.append(case["planned"] / case["wall"])
-            timed = case["timing"].removeprefix("one forward pass of ").replace(" measured on cpu", "")
+            timed = case["timing"].replace(" measured on cpu", "").removeprefix("one forward pass of ")
+            timed = timed.replace("one forward and backward pass of ", "forward and backward, ")
             rows.append(f"| {size} x {size} | {name} | {case['batch']:,} | {case['passes']} | {timed} | "
                         f"{case['planning']:.2f} | **{case['planned']:.2f}** | **{case['wall']:.2f}** | "
                         f"{case['cpu']:.2f} | **{ratios[-1]:.2f}** |")  # fmt: skip
@@ -65,8 +66,9 @@ def main() -> None:
     body = (
         f"The tiny model (float32, sdpa), the cases of *Plan memory against the measured peak* (one pair of demo "
         f"pictures, a box blacked out in the corrupted one; default budget). Each case in a fresh subprocess, one "
-        f"torch thread: `plan(...)` with `device=None`, whose one timing pass (the process's first forward pass: "
-        f"the sweep's heaviest kind of call, the vision tower timed apart) gives the seconds per FLOP in the tower "
+        f"torch thread: `plan(...)` with `device=None`, whose one timing pass (the process's first: the sweep's "
+        f"heaviest kind of call as the sweep makes it, the vision tower on the pictures, then the decoder on their "
+        f"image tokens; attribution's with its probes and its backward) gives the seconds per FLOP in the tower "
         f"and in the decoder; then `Plan.run()` timed by `time.perf_counter()`, without the profiler. Planned = "
         f"`Plan.seconds`; ratio = planned / measured wall time. `plan()` s is the plan's own wall time, its timing "
         f"pass included. The run's CPU time is beside its wall time (one thread: a gap is time given to other "
