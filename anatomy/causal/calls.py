@@ -233,7 +233,7 @@ def patching_calls(job, groups: int | None) -> Calls:
         for rows, shape, common, target, copies, ones, _, recorded, unedited in layouts:
             largest, chunk = max([recorded] + [call(p) for p in unedited]), min(size, copies)
             for vision, one in ones.items() if chunk else ():
-                masks = chunk * chunk * (shape["patches"] if vision else target)  # a (batch,) mask per selection
+                masks = chunk * chunk * (shape["patches"] if vision else target)  # one bool per row and token, per copy
                 largest = max(largest, call(Pass(chunk, target, vision=vision, **common)) + 2 * chunk * one + masks)
             images = _image_tokens(job, len(rows), shape)
             peaks.append(Counter({"pixels": _pixels(len(rows), shape), "recorded activations": recorded,

@@ -22,9 +22,9 @@ What it counts:
 - time: with ``device=None`` on a specimen with weights, one pass is run and timed, the vision tower
   apart: the sweep's heaviest kind of call, on the clean prompt (attribution's: its probed forward pass
   and its backward, ``measure_rate``). Every call then takes its FLOPs in the tower and in the decoder at
-  the seconds per FLOP measured there. The pass may be the process's
-  first, which runs slower: then the estimate is high. Otherwise ``device`` names a GPU of
-  ``PEAK_FLOPS`` (default ``"H100"``) run at ``utilisation`` of its dense bf16 peak.
+  the seconds per FLOP measured there. The pass may be the process's first, which runs slower: then the
+  estimate is high. Otherwise ``device`` names a GPU of ``PEAK_FLOPS`` (default ``"H100"``) run at
+  ``utilisation`` of its dense bf16 peak.
 - peak memory: the weights, what the sweep keeps throughout (pixels, recorded activations, image tokens) and
   its largest call, each call's peak counted tensor by tensor (``anatomy.causal.cost.pass_bytes``,
   ``graph_bytes``): an upper bound, within 1.5x of the peak measured on tiny (``benchmarks/plan_memory.py``).
